@@ -1,0 +1,1 @@
+"""tdmpc_ros: finetune offline TD-MPC world models on a robot, in ROS 2."""
