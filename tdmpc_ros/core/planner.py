@@ -1,0 +1,381 @@
+"""MPPI over the latent model with FOWM's uncertainty penalty.
+
+The score of an action sequence a_0..a_{H-1} from latent z_0 is
+
+    sum_{t<H} gamma^t (R(z_t, a_t) - lambda * std_i Q_i(z_t, a_t))
+      + gamma^H (min_{2 random heads} Q(z_H, pi(z_H)) - lambda * std_i Q_i(z_H, pi(z_H)))
+
+with the unbiased std over all Q heads; lambda = 0 gives TD-MPC's plain MPPI. Each plan starts
+from the previous plan's mean shifted by one step (warm start), mixes in trajectories of the
+policy prior, refits a Gaussian to the elites ``iterations`` times and returns the first action
+of one elite drawn by its weight, with a ``PlanSummary`` for logging and the latent-plan message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tdmpc_ros.core.config import Config
+from tdmpc_ros.core.world_model import (
+    PlanningModel,
+    WorldModel,
+    obs_to_tensors,
+    parameter_fingerprint,
+)
+
+
+class LatentModel(Protocol):
+    """What the planner needs from a model (``PlanningModel`` and hand-made test models)."""
+
+    action_dim: int
+    latent_dim: int
+    num_q: int
+
+    def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
+        """A batch of observations (N, ...) -> latents (N, L)."""
+
+    def step(self, z: Tensor, a: Tensor, with_q: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(z_t, a_t) -> (z_{t+1}, reward_t (N,) float32, Q heads at (z_t, a_t) (E, N) or None)."""
+
+    def q(self, z: Tensor, a: Tensor) -> Tensor:
+        """All Q heads at (z, a): (E, N) float32."""
+
+    def pi(self, z: Tensor) -> Tensor:
+        """The policy prior's mean action in [-1, 1]: (N, A)."""
+
+
+@dataclass
+class PlanSummary:
+    """One plan, as the latent-plan message and the logs need it (numpy, on the CPU).
+
+    H is the horizon, A the action size, L the latent size, K the elites.
+    """
+
+    action: np.ndarray
+    """(A,) the action to execute: first action of the chosen elite (+ exploration noise)."""
+    mean: np.ndarray
+    """(H, A) mean of the final sampling distribution (the next plan's warm start)."""
+    std: np.ndarray
+    """(H, A) std of the final sampling distribution."""
+    actions: np.ndarray
+    """(H, A) the chosen elite sequence."""
+    latents: np.ndarray
+    """(H + 1, L) predicted latents z_0..z_H along the chosen sequence."""
+    rewards: np.ndarray
+    """(H,) predicted rewards along the chosen sequence."""
+    q_mean: np.ndarray
+    """(H + 1,) mean over Q heads at (z_t, a_t), and at (z_H, pi(z_H)) last."""
+    q_std: np.ndarray
+    """(H + 1,) std over Q heads at the same points: the model's uncertainty."""
+    value: float
+    """The chosen sequence's score (as the planner computed it)."""
+    elite_values: np.ndarray
+    """(K,) scores of the elites of the last iteration, best first."""
+    elite_weights: np.ndarray
+    """(K,) their normalised weights."""
+    uncertainty_coef: float
+    discount: float
+    iterations: int
+    num_samples: int
+    num_policy_trajectories: int
+    explored: bool
+    """Whether exploration noise was added to ``action``."""
+    weights_version: int
+    """The version of the weights that made this plan (-1: unknown)."""
+    plan_ms: float
+    """Wall time of the plan in milliseconds."""
+
+    @property
+    def horizon(self) -> int:
+        return int(self.actions.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and numbers, e.g. for JSON logs."""
+        out: dict[str, Any] = {}
+        for name, value in self.__dict__.items():
+            out[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        return out
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the planning rollouts for config.planner.precision on ``device``."""
+    if precision == "float32":
+        return torch.float32
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float32
+    if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class Planner:
+    """MPPI with warm start, policy-prior samples and the uncertainty-penalised score.
+
+    ``model`` is a ``WorldModel`` (the planner keeps a fused copy of it and rebuilds that copy
+    whenever the model's weights change) or any object with the ``LatentModel`` methods.
+    """
+
+    def __init__(self, model: WorldModel | LatentModel, config: Config,
+                 device: torch.device | str | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.source = model
+        if isinstance(model, WorldModel):
+            self.device = model.device
+        else:
+            self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = resolve_precision(config.planner.precision, self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+        self._model: LatentModel | None = None if isinstance(model, WorldModel) else model
+        self._fingerprint: tuple[int, int] | None = None
+        self._prev_mean: Tensor | None = None
+        self._graph: Any = None
+        p = config.planner
+        horizon, samples = config.horizon, p.num_samples
+        self.num_pi = config.num_policy_trajectories
+        action_dim = model.action_dim
+        self._actions = torch.empty(horizon, samples + self.num_pi, action_dim, device=self.device)
+        self._values = torch.empty(samples + self.num_pi, device=self.device)
+        self._gamma = torch.tensor(
+            [config.discount**t for t in range(horizon + 1)], device=self.device
+        )
+        self._score_fn = self._score
+        if p.compile:
+            self._score_fn = torch.compile(self._score, dynamic=False)
+
+    # ---- public -------------------------------------------------------------------------
+
+    @property
+    def model(self) -> LatentModel:
+        """The model rollouts use; for a WorldModel, a fused copy of its current weights."""
+        if isinstance(self.source, WorldModel):
+            fingerprint = parameter_fingerprint(self.source)
+            if self._model is None or fingerprint != self._fingerprint:
+                self._model = PlanningModel(self.source, self.dtype)
+                self._fingerprint = fingerprint
+                self._graph = None
+        return self._model
+
+    def reset(self) -> None:
+        """Forget the warm start: call at the start of every episode."""
+        self._prev_mean = None
+
+    @torch.inference_mode()
+    def plan(self, obs: Mapping[str, Any] | None = None, *, z: Tensor | None = None,
+             explore: bool = False) -> tuple[np.ndarray, PlanSummary]:
+        """Plan from one observation dict (no batch dimension) or a latent ``z`` (L,) / (1, L).
+
+        Returns the action (A,) float32 in [-1, 1] and the plan's summary. ``explore`` adds
+        the final std of the first step times Gaussian noise to the action.
+        """
+        start = time.perf_counter()
+        model = self.model
+        p, horizon = self.config.planner, self.config.horizon
+        if z is None:
+            if obs is None:
+                raise ValueError("plan() needs an observation or a latent")
+            keys = getattr(self.source, "obs_keys", tuple(obs))
+            z = model.encode(obs_to_tensors(obs, keys, self.device))
+        z0 = z.reshape(1, -1).to(self.device, model_dtype(model))
+        gen = self.generator
+        samples, num_pi = p.num_samples, self.num_pi
+        actions, values = self._actions, self._values
+
+        if num_pi > 0:  # policy trajectories: rolled out and scored once per plan
+            pi_actions, pi_values = self._policy_rollout(z0, num_pi)
+            actions[:, samples:] = pi_actions
+            values[samples:] = pi_values
+
+        action_dim = actions.shape[-1]
+        mean = torch.zeros(horizon, action_dim, device=self.device)
+        std = torch.full((horizon, action_dim), p.max_std, device=self.device)
+        if p.warm_start and self._prev_mean is not None:
+            mean[:-1] = self._prev_mean[1:]
+
+        for _ in range(p.iterations):
+            noise = torch.randn(horizon, samples, action_dim, device=self.device, generator=gen)
+            torch.addcmul(mean[:, None], std[:, None], noise, out=actions[:, :samples])
+            actions[:, :samples].clamp_(-1.0, 1.0)
+            values[:samples] = self._score_gaussian(z0, actions[:, :samples])
+            elite_values, elite_idx = torch.topk(values, p.num_elites, sorted=True)
+            elite_actions = actions[:, elite_idx]  # (H, K, A)
+            weights = torch.exp(p.temperature * (elite_values - elite_values[0]))
+            weights = weights / weights.sum()
+            new_mean = torch.einsum("k,hka->ha", weights, elite_actions)
+            new_var = torch.einsum("k,hka->ha", weights, (elite_actions - new_mean[:, None]) ** 2)
+            mean = p.momentum * mean + (1.0 - p.momentum) * new_mean
+            std = new_var.sqrt().clamp_(p.min_std, p.max_std)
+
+        choice = torch.multinomial(weights, 1, generator=gen)[0]
+        chosen = elite_actions[:, choice]  # (H, A)
+        self._prev_mean = mean
+        action = chosen[0]
+        if explore:
+            action = action + std[0] * torch.randn(action_dim, device=self.device, generator=gen)
+        action = action.clamp(-1.0, 1.0)
+        path = self._trace(z0, chosen)
+        summary = PlanSummary(
+            action=_np(action),
+            mean=_np(mean),
+            std=_np(std),
+            actions=_np(chosen),
+            latents=path["latents"],
+            rewards=path["rewards"],
+            q_mean=path["q_mean"],
+            q_std=path["q_std"],
+            value=float(elite_values[choice]),
+            elite_values=_np(elite_values),
+            elite_weights=_np(weights),
+            uncertainty_coef=p.uncertainty_coef,
+            discount=self.config.discount,
+            iterations=p.iterations,
+            num_samples=samples,
+            num_policy_trajectories=num_pi,
+            explored=explore,
+            weights_version=int(getattr(self.source, "weights_version", -1)),
+            plan_ms=(time.perf_counter() - start) * 1e3,
+        )
+        return summary.action, summary
+
+    @torch.inference_mode()
+    def score(self, z0: Tensor, actions: Tensor, terminal_noise: Tensor | None = None,
+              head_pair: Tensor | None = None) -> Tensor:
+        """Scores (N,) of action sequences (H, N, A) from one latent z0 (L,) or (1, L).
+
+        ``terminal_noise`` (N, A) perturbs the terminal policy action and ``head_pair`` (2,)
+        picks the heads of the terminal min; both are drawn at random when not given.
+        """
+        model = self.model
+        z0 = z0.reshape(1, -1).to(self.device, model_dtype(model))
+        n, action_dim = actions.shape[1], actions.shape[2]
+        if terminal_noise is None:
+            terminal_noise = self._policy_noise(n, action_dim)
+        if head_pair is None:
+            head_pair = self._head_pair(model.num_q)
+        return self._score_fn(z0, actions.to(self.device), terminal_noise, head_pair)
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _score(self, z0: Tensor, actions: Tensor, terminal_noise: Tensor,
+               head_pair: Tensor) -> Tensor:
+        """Deterministic given its inputs, so it can be compiled or captured in a CUDA graph."""
+        model = self.model
+        lam = self.config.planner.uncertainty_coef
+        horizon, n = actions.shape[0], actions.shape[1]
+        z = z0.expand(n, -1)
+        total = torch.zeros(n, device=actions.device)
+        for t in range(horizon):
+            z, reward, q = model.step(z, actions[t], with_q=lam > 0)
+            if lam > 0:
+                reward = reward - lam * q.std(0)
+            total = total + self._gamma[t] * reward
+        terminal_action = (model.pi(z) + terminal_noise).clamp(-1.0, 1.0)
+        q = model.q(z, terminal_action)
+        terminal = q[head_pair].min(0).values
+        if lam > 0:
+            terminal = terminal - lam * q.std(0)
+        total = total + self._gamma[horizon] * terminal
+        return torch.nan_to_num(total, nan=0.0)
+
+    def _score_gaussian(self, z0: Tensor, actions: Tensor) -> Tensor:
+        n, action_dim = actions.shape[1], actions.shape[2]
+        noise = self._policy_noise(n, action_dim)
+        pair = self._head_pair(self.model.num_q)
+        if self.config.planner.cuda_graphs and self.device.type == "cuda":
+            return self._graph_score(z0, actions, noise, pair)
+        return self._score_fn(z0, actions, noise, pair)
+
+    def _graph_score(self, z0: Tensor, actions: Tensor, noise: Tensor, pair: Tensor) -> Tensor:
+        """Replay a CUDA graph of ``_score`` captured on static buffers (built on first use)."""
+        if self._graph is None:
+            static = {"z0": z0.clone(), "actions": actions.clone(), "noise": noise.clone(),
+                      "pair": pair.clone()}
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):  # warm-up outside the graph, as CUDA graphs need
+                for _ in range(2):
+                    self._score(static["z0"], static["actions"], static["noise"], static["pair"])
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static["out"] = self._score(
+                    static["z0"], static["actions"], static["noise"], static["pair"]
+                )
+            self._graph = (graph, static)
+        graph, static = self._graph
+        static["z0"].copy_(z0)
+        static["actions"].copy_(actions)
+        static["noise"].copy_(noise)
+        static["pair"].copy_(pair)
+        graph.replay()
+        return static["out"].clone()
+
+    def _policy_noise(self, n: int, action_dim: int) -> Tensor:
+        p = self.config.planner
+        noise = torch.randn(n, action_dim, device=self.device, generator=self.generator)
+        return (noise * p.policy_noise_std).clamp_(-p.policy_noise_clip, p.policy_noise_clip)
+
+    def _head_pair(self, num_q: int) -> Tensor:
+        return torch.randperm(num_q, device=self.device, generator=self.generator)[:2]
+
+    def _policy_rollout(self, z0: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """Sample n sequences from the noisy policy prior and score them in the same pass."""
+        model = self.model
+        lam = self.config.planner.uncertainty_coef
+        horizon, action_dim = self.config.horizon, model.action_dim
+        actions = torch.empty(horizon, n, action_dim, device=self.device)
+        z = z0.expand(n, -1)
+        total = torch.zeros(n, device=self.device)
+        for t in range(horizon):
+            actions[t] = (model.pi(z) + self._policy_noise(n, action_dim)).clamp(-1.0, 1.0)
+            z, reward, q = model.step(z, actions[t], with_q=lam > 0)
+            if lam > 0:
+                reward = reward - lam * q.std(0)
+            total += self._gamma[t] * reward
+        terminal_action = (model.pi(z) + self._policy_noise(n, action_dim)).clamp(-1.0, 1.0)
+        q = model.q(z, terminal_action)
+        terminal = q[self._head_pair(model.num_q)].min(0).values
+        if lam > 0:
+            terminal = terminal - lam * q.std(0)
+        total += self._gamma[horizon] * terminal
+        return actions, torch.nan_to_num(total, nan=0.0)
+
+    def _trace(self, z0: Tensor, actions: Tensor) -> dict[str, np.ndarray]:
+        """Latents, rewards and Q statistics along one sequence (H, A), for the summary."""
+        model = self.model
+        z = z0
+        latents, rewards, q_mean, q_std = [z0.float()], [], [], []
+        for t in range(actions.shape[0]):
+            z, reward, q = model.step(z, actions[t : t + 1], with_q=True)
+            latents.append(z.float())
+            rewards.append(reward)
+            q_mean.append(q.mean(0))
+            q_std.append(q.std(0))
+        q = model.q(z, model.pi(z))
+        q_mean.append(q.mean(0))
+        q_std.append(q.std(0))
+        return {
+            "latents": _np(torch.cat(latents)),
+            "rewards": _np(torch.cat(rewards)),
+            "q_mean": _np(torch.cat(q_mean)),
+            "q_std": _np(torch.cat(q_std)),
+        }
+
+
+def model_dtype(model: LatentModel) -> torch.dtype:
+    """Latents are carried in float32 between steps; the model casts inside."""
+    return torch.float32
+
+
+def _np(tensor: Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()

@@ -1,0 +1,441 @@
+"""The TD-MPC world model of FOWM: encoders, latent dynamics, reward, Q ensemble, V and policy.
+
+Shapes follow ``shared/notes/fowm-method.md``. Observations enter as a dict of tensors with a
+leading batch dimension: ``state``/``proprio`` float (N, D), ``pixels`` uint8 (N, 84, 84, 3)
+HWC; the pixel encoder converts to CHW float itself. The Q ensemble keeps its heads' weights
+stacked, so all heads run as one batched matrix product.
+
+``PlanningModel`` is a frozen, fused copy of the heads the planner calls (optionally in
+bfloat16) so that a plan is a handful of large matrix products per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tdmpc_ros.core.config import Config
+
+OBS_KEYS = {"state": ("state",), "pixels": ("pixels",), "pixels+proprio": ("pixels", "proprio")}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model needs to know about its task: observation shapes and action size."""
+
+    obs_shapes: dict[str, tuple[int, ...]]
+    action_dim: int
+
+    @classmethod
+    def from_observation(cls, observation: Mapping[str, np.ndarray], action_dim: int) -> ModelSpec:
+        """From one observation dict (no batch dimension) and the action size."""
+        shapes = {key: tuple(int(s) for s in np.shape(value)) for key, value in observation.items()}
+        return cls(obs_shapes=shapes, action_dim=int(action_dim))
+
+    @classmethod
+    def from_episode(cls, episode) -> ModelSpec:  # episodes.Episode; no import cycle needed
+        shapes = {key: tuple(int(s) for s in value.shape[1:])
+                  for key, value in episode.observations.items()}
+        return cls(obs_shapes=shapes, action_dim=int(episode.actions.shape[1]))
+
+    def to_dict(self) -> dict:
+        return {"obs_shapes": {k: list(v) for k, v in self.obs_shapes.items()},
+                "action_dim": self.action_dim}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ModelSpec:
+        return cls(obs_shapes={k: tuple(int(s) for s in v) for k, v in data["obs_shapes"].items()},
+                   action_dim=int(data["action_dim"]))
+
+    def check(self, obs_type: str, image_size: int) -> None:
+        """Raise ValueError unless the observations the encoder needs are here and well shaped."""
+        for key in OBS_KEYS[obs_type]:
+            if key not in self.obs_shapes:
+                raise ValueError(
+                    f"model.obs_type {obs_type!r} needs observation {key!r}; "
+                    f"the task has {sorted(self.obs_shapes)}"
+                )
+        if "pixels" in OBS_KEYS[obs_type]:
+            expected = (image_size, image_size, 3)
+            if self.obs_shapes["pixels"] != expected:
+                raise ValueError(
+                    f"pixels have shape {self.obs_shapes['pixels']}, expected {expected} (HWC)"
+                )
+        for key in ("state", "proprio"):
+            if key in OBS_KEYS[obs_type] and len(self.obs_shapes[key]) != 1:
+                raise ValueError(f"{key} must be a vector, has shape {self.obs_shapes[key]}")
+        if self.action_dim < 1:
+            raise ValueError(f"action_dim must be >= 1, got {self.action_dim}")
+
+
+# ---- building blocks ------------------------------------------------------------------------
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Linear, LayerNorm, Mish, Linear, LayerNorm, Mish, Linear."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.Mish(),
+        nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.Mish(),
+        nn.Linear(hidden, out_dim),
+    )
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers, weights stacked as (E, in, out), run as one batched product."""
+
+    def __init__(self, heads: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(heads, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(heads, 1, out_features))
+        for head in range(heads):  # orthogonal per head, as for a plain Linear (out, in)
+            nn.init.orthogonal_(self.weight.data[head].T)
+
+    def forward(self, x: Tensor, heads: Tensor | None = None) -> Tensor:
+        """x: (N, in) shared by every head, or (E, N, in); returns (E, N, out)."""
+        weight, bias = self.weight, self.bias
+        if heads is not None:
+            weight, bias = weight[heads], bias[heads]
+        if x.dim() == 2:
+            return torch.matmul(x, weight) + bias
+        return torch.baddbmm(bias, x, weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm with one affine transform per head; input (E, N, D)."""
+
+    def __init__(self, heads: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(heads, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(heads, 1, dim))
+
+    def forward(self, x: Tensor, heads: Tensor | None = None) -> Tensor:
+        weight, bias = self.weight, self.bias
+        if heads is not None:
+            weight, bias = weight[heads], bias[heads]
+        return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:]), weight)
+
+
+class QEnsemble(nn.Module):
+    """E Q heads: Linear, LayerNorm, Tanh, Linear, ELU, Linear; all heads in one batched pass."""
+
+    def __init__(self, heads: int, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.fc1 = EnsembleLinear(heads, in_dim, hidden)
+        self.norm1 = EnsembleLayerNorm(heads, hidden)
+        self.fc2 = EnsembleLinear(heads, hidden, hidden)
+        self.fc3 = EnsembleLinear(heads, hidden, 1)
+
+    def forward(self, x: Tensor, heads: Tensor | None = None) -> Tensor:
+        """x (N, in) -> values (E, N), or (len(heads), N) for a subset of heads."""
+        h = torch.tanh(self.norm1(self.fc1(x, heads), heads))
+        h = F.elu(self.fc2(h, heads))
+        return self.fc3(h, heads).squeeze(-1)
+
+
+class StateEncoder(nn.Module):
+    """Linear(obs, 256), ELU, Linear(256, latent), LayerNorm, Sigmoid."""
+
+    def __init__(self, in_dim: int, hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ELU(), nn.Linear(hidden, latent_dim),
+            nn.LayerNorm(latent_dim), nn.Sigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.float())
+
+
+class PixelEncoder(nn.Module):
+    """Four 32-channel convolutions (k7 s2, k5 s2, k3 s2, k3 s2, ReLU), Linear, LayerNorm, Sigmoid."""
+
+    def __init__(self, image_size: int, channels: int, latent_dim: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, channels, 7, stride=2), nn.ReLU(),
+            nn.Conv2d(channels, channels, 5, stride=2), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(),
+        )
+        side = image_size
+        for kernel in (7, 5, 3, 3):
+            side = (side - kernel) // 2 + 1
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels * side * side, latent_dim),
+            nn.LayerNorm(latent_dim), nn.Sigmoid(),
+        )
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """pixels: uint8 (N, H, W, 3). The NCHW view of HWC data is channels-last already."""
+        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        return self.head(self.convs(x))
+
+
+class Encoder(nn.Module):
+    """The encoder of ``obs_type``; with two inputs, the average of their latents."""
+
+    def __init__(self, config: Config, spec: ModelSpec) -> None:
+        super().__init__()
+        m = config.model
+        self.keys = OBS_KEYS[m.obs_type]
+        nets = {}
+        for key in self.keys:
+            if key == "pixels":
+                nets[key] = PixelEncoder(m.image_size, m.num_channels, m.latent_dim)
+            else:
+                nets[key] = StateEncoder(spec.obs_shapes[key][0], m.enc_dim, m.latent_dim)
+        self.nets = nn.ModuleDict(nets)
+
+    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
+        latents = [self.nets[key](obs[key]) for key in self.keys]
+        return latents[0] if len(latents) == 1 else torch.stack(latents).mean(0)
+
+
+def random_shift(pixels: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
+    """Shift each image by up to ``pad`` pixels, edges replicated (DrQ's augmentation).
+
+    Works on uint8 HWC images (N, H, W, C) by gathering clamped row and column indices, which
+    is the same as replicate-padding by ``pad`` and cropping at a random integer offset.
+    """
+    if pad <= 0:
+        return pixels
+    n, height, width = pixels.shape[:3]
+    device = pixels.device
+    shifts = torch.randint(0, 2 * pad + 1, (n, 2), device=device, generator=generator) - pad
+    rows = (torch.arange(height, device=device) + shifts[:, :1]).clamp_(0, height - 1)
+    cols = (torch.arange(width, device=device) + shifts[:, 1:]).clamp_(0, width - 1)
+    batch = torch.arange(n, device=device)[:, None, None]
+    return pixels[batch, rows[:, :, None], cols[:, None, :]]
+
+
+# ---- the world model ------------------------------------------------------------------------
+
+
+class WorldModel(nn.Module):
+    """Encoder, dynamics, reward, Q ensemble, V, policy prior, and the target encoder and Q.
+
+    The target copies live here too (frozen, updated by ``Learner``) so one state dict holds
+    everything a run needs to continue.
+    """
+
+    def __init__(self, config: Config, spec: ModelSpec) -> None:
+        super().__init__()
+        config.validate()
+        spec.check(config.model.obs_type, config.model.image_size)
+        self.config, self.spec = config, spec
+        m = config.model
+        latent, act, hidden = m.latent_dim, spec.action_dim, m.mlp_dim
+        self.encoder = Encoder(config, spec)
+        self.dynamics = nn.Sequential(
+            *mlp(latent + act, hidden, latent), nn.LayerNorm(latent), nn.Sigmoid()
+        )
+        self.reward = mlp(latent + act, hidden, 1)
+        self.pi = mlp(latent, hidden, act)
+        self.q = QEnsemble(m.num_q, latent + act, hidden)
+        self.v = QEnsemble(1, latent, hidden)
+        self.apply(_orthogonal_init)
+        with torch.no_grad():  # zero last layers: reward and Q start at 0
+            self.reward[-1].weight.zero_()
+            self.reward[-1].bias.zero_()
+            self.q.fc3.weight.zero_()
+            self.q.fc3.bias.zero_()
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.target_q = copy.deepcopy(self.q).requires_grad_(False)
+        self.weights_version = 0
+        """Set by whoever publishes weights; reported in plan summaries and episodes."""
+
+    @property
+    def action_dim(self) -> int:
+        return self.spec.action_dim
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.model.latent_dim
+
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        return OBS_KEYS[self.config.model.obs_type]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def online_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the model loss (all but the policy and the targets)."""
+        modules = (self.encoder, self.dynamics, self.reward, self.q, self.v)
+        return [p for module in modules for p in module.parameters()]
+
+    def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
+        return self.encoder(obs)
+
+    def encode_target(self, obs: Mapping[str, Tensor]) -> Tensor:
+        return self.target_encoder(obs)
+
+    def next(self, z: Tensor, a: Tensor) -> Tensor:
+        return self.dynamics(torch.cat([z, a], -1))
+
+    def predict_reward(self, z: Tensor, a: Tensor) -> Tensor:
+        """(N, L), (N, A) -> (N,)."""
+        return self.reward(torch.cat([z, a], -1)).squeeze(-1)
+
+    def q_values(self, z: Tensor, a: Tensor, target: bool = False,
+                 heads: Tensor | None = None) -> Tensor:
+        """Every head's Q (E, N), or those in ``heads``; ``target`` uses the target heads."""
+        net = self.target_q if target else self.q
+        return net(torch.cat([z, a], -1), heads)
+
+    def value(self, z: Tensor) -> Tensor:
+        """V(z), (N,)."""
+        return self.v(z)[0]
+
+    def policy(self, z: Tensor) -> Tensor:
+        """The policy prior's mean action tanh(pi(z)), (N, A)."""
+        return torch.tanh(self.pi(z))
+
+    def planning_model(self, dtype: torch.dtype = torch.float32) -> PlanningModel:
+        return PlanningModel(self, dtype)
+
+
+def _orthogonal_init(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.orthogonal_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        nn.init.orthogonal_(module.weight, nn.init.calculate_gain("relu"))
+        nn.init.zeros_(module.bias)
+
+
+def obs_to_tensors(obs: Mapping[str, np.ndarray | Tensor], keys: tuple[str, ...],
+                   device: torch.device, batched: bool = False) -> dict[str, Tensor]:
+    """Observation arrays to tensors on ``device``; adds a batch dimension unless ``batched``."""
+    out = {}
+    for key in keys:
+        if key not in obs:
+            raise KeyError(f"observation {key!r} is missing (have {sorted(obs)})")
+        value = torch.as_tensor(obs[key])
+        if value.dtype == torch.float64:
+            value = value.float()
+        out[key] = (value if batched else value.unsqueeze(0)).to(device, non_blocking=True)
+    return out
+
+
+# ---- the planner's view of the model --------------------------------------------------------
+
+
+class PlanningModel:
+    """A frozen copy of dynamics, reward, Q ensemble and policy, fused for fast rollouts.
+
+    Dynamics, reward and the Q heads all read (z, a); their first and hidden layers are stacked
+    into one (2 + E)-way batched product per step. Hidden layers may run in bfloat16; every
+    output (latent, reward, Q, action) is computed from them in float32. Implements the
+    ``planner.LatentModel`` protocol. Build a new one after the weights change.
+    """
+
+    def __init__(self, model: WorldModel, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+        self.action_dim = model.action_dim
+        self.latent_dim = model.latent_dim
+        self.num_q = model.config.model.num_q
+        self._encoder = model.encoder
+        self._keys = model.obs_keys
+        hidden = model.config.model.mlp_dim
+        with torch.no_grad():
+            dyn, rew, q, pi = model.dynamics, model.reward, model.q, model.pi
+
+            def linear_t(layer: nn.Linear) -> Tensor:  # (in, out)
+                return layer.weight.detach().T
+
+            # stacked heads: index 0 dynamics, 1 reward, 2.. Q heads
+            w1 = torch.cat([linear_t(dyn[0])[None], linear_t(rew[0])[None], q.fc1.weight])
+            b1 = torch.cat([dyn[0].bias[None, None], rew[0].bias[None, None], q.fc1.bias])
+            g1 = torch.cat([dyn[1].weight[None, None], rew[1].weight[None, None], q.norm1.weight])
+            c1 = torch.cat([dyn[1].bias[None, None], rew[1].bias[None, None], q.norm1.bias])
+            w2 = torch.cat([linear_t(dyn[3])[None], linear_t(rew[3])[None], q.fc2.weight])
+            b2 = torch.cat([dyn[3].bias[None, None], rew[3].bias[None, None], q.fc2.bias])
+            self.w1, self.w2 = w1.to(dtype).contiguous(), w2.to(dtype).contiguous()
+            self.b1, self.b2 = b1.to(dtype), b2.to(dtype)
+            self.g1, self.c1 = g1.to(dtype), c1.to(dtype)
+            # the second LayerNorm of dynamics and reward (the Q heads have none)
+            self.g2 = torch.stack([dyn[4].weight, rew[4].weight])[:, None].to(dtype)
+            self.c2 = torch.stack([dyn[4].bias, rew[4].bias])[:, None].to(dtype)
+            # outputs, float32
+            self.w_dyn, self.b_dyn = linear_t(dyn[6]).float().clone(), dyn[6].bias.float().clone()
+            self.ln_dyn = (dyn[7].weight.float().clone(), dyn[7].bias.float().clone())
+            self.w_rew, self.b_rew = linear_t(rew[6]).float().clone(), rew[6].bias.float().clone()
+            self.w_q, self.b_q = q.fc3.weight.float().clone(), q.fc3.bias.float().clone()
+            self.pi_layers = [
+                (linear_t(pi[0]).to(dtype).contiguous(), pi[0].bias.to(dtype),
+                 pi[1].weight.to(dtype), pi[1].bias.to(dtype)),
+                (linear_t(pi[3]).to(dtype).contiguous(), pi[3].bias.to(dtype),
+                 pi[4].weight.to(dtype), pi[4].bias.to(dtype)),
+            ]
+            self.w_pi, self.b_pi = linear_t(pi[6]).float().clone(), pi[6].bias.float().clone()
+        self._hidden = hidden
+
+    def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
+        return self._encoder(obs)
+
+    def step(self, z: Tensor, a: Tensor, with_q: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(z_t, a_t) -> (z_{t+1}, reward_t (N,), Q heads at (z_t, a_t) (E, N) or None)."""
+        x = torch.cat([z, a], -1).to(self.dtype)
+        heads = self.w1.shape[0] if with_q else 2
+        h = torch.matmul(x, self.w1[:heads]) + self.b1[:heads]  # (K, N, M)
+        h = torch.addcmul(self.c1[:heads], F.layer_norm(h, h.shape[-1:]), self.g1[:heads])
+        F.mish(h[:2], inplace=True)
+        if with_q:
+            torch.tanh_(h[2:])
+        h = torch.baddbmm(self.b2[:heads], h, self.w2[:heads])
+        dr = F.mish(torch.addcmul(self.c2, F.layer_norm(h[:2], h.shape[-1:]), self.g2)).float()
+        z_next = torch.addmm(self.b_dyn, dr[0], self.w_dyn)
+        z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], *self.ln_dyn))
+        reward = torch.addmm(self.b_rew, dr[1], self.w_rew).squeeze(-1)
+        q = None
+        if with_q:
+            q = torch.baddbmm(self.b_q, F.elu(h[2:]).float(), self.w_q).squeeze(-1)
+        return z_next, reward, q
+
+    def q(self, z: Tensor, a: Tensor) -> Tensor:
+        """Every Q head at (z, a), (E, N)."""
+        x = torch.cat([z, a], -1).to(self.dtype)
+        h = torch.matmul(x, self.w1[2:]) + self.b1[2:]
+        h = torch.tanh_(torch.addcmul(self.c1[2:], F.layer_norm(h, h.shape[-1:]), self.g1[2:]))
+        h = F.elu(torch.baddbmm(self.b2[2:], h, self.w2[2:])).float()
+        return torch.baddbmm(self.b_q, h, self.w_q).squeeze(-1)
+
+    def pi(self, z: Tensor) -> Tensor:
+        """The policy prior's mean action, (N, A)."""
+        h = z.to(self.dtype)
+        for weight, bias, gain, shift in self.pi_layers:
+            h = torch.addmm(bias, h, weight)
+            h = F.mish(torch.addcmul(shift, F.layer_norm(h, h.shape[-1:]), gain))
+        return torch.tanh(torch.addmm(self.b_pi, h.float(), self.w_pi))
+
+
+def parameter_fingerprint(model: nn.Module) -> tuple[int, int]:
+    """Changes whenever a parameter is written in place (optimiser step, load_state_dict)."""
+    total = 0
+    for parameter in model.parameters():
+        total += parameter._version  # torch's in-place write counter
+    return id(model), total
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def latent_rollout_flops(config: Config, action_dim: int) -> float:
+    """Multiply-adds of one plan at ``config``'s settings (for the benchmark's context)."""
+    m, p = config.model, config.planner
+    zd = m.latent_dim + action_dim
+    head = zd * m.mlp_dim + m.mlp_dim * m.mlp_dim
+    per_step = (2 + m.num_q) * head if p.uncertainty_coef > 0 else 2 * head
+    per_sequence = config.horizon * per_step + (m.num_q + 1) * head
+    return float(p.iterations * p.num_samples * per_sequence) * 2.0 / math.pow(10, 9)

@@ -1,0 +1,30 @@
+"""Shared test set-up: DDS stays on this machine, each test gets its own ROS domain."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import pytest
+
+# Before anything imports rclpy: discovery never leaves this machine.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+_domain_counter = itertools.count()
+
+
+def next_domain_id() -> int:
+    """A domain id for one test: spread by process id so that concurrent test runs (CI next to
+    a developer's run) rarely meet, and by a counter so that tests in one run never do."""
+    return 1 + (os.getpid() * 7 + next(_domain_counter) * 13) % 100
+
+
+@pytest.fixture
+def ros_env() -> Iterator[dict[str, str]]:
+    """The environment for this test's ROS processes: LOCALHOST discovery, a domain of its own."""
+    environment = dict(os.environ)
+    environment["ROS_DOMAIN_ID"] = str(next_domain_id())
+    environment["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    environment["PYTHONUNBUFFERED"] = "1"
+    yield environment

@@ -1,0 +1,70 @@
+"""Helpers for tests that run ROS 2 nodes: a private context, spinning with a deadline, and
+peer processes that are always stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+
+@contextmanager
+def ros_node(name: str, environment: dict[str, str]) -> Iterator[tuple[Node, SingleThreadedExecutor]]:
+    """A node in its own rclpy context, on the test's domain; shut down afterwards."""
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(environment["ROS_DOMAIN_ID"]))
+    node = rclpy.create_node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        yield node, executor
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def spin_until(executor: SingleThreadedExecutor, done: Callable[[], bool], timeout: float,
+               what: str) -> None:
+    """Spin until ``done()``; fail the test with ``what`` if it takes longer than ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        executor.spin_once(timeout_sec=0.05)
+
+
+@contextmanager
+def peer_process(arguments: list[str], environment: dict[str, str], log_path: Path,
+                 ready_line: str = "READY", timeout: float = 60.0) -> Iterator[subprocess.Popen]:
+    """Start ``python ARGUMENTS`` as a separate process, wait for its ready line, and make sure
+    it is gone afterwards (terminate, then kill)."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, *arguments], env=environment, stdout=log,
+                                   stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while ready_line not in log_path.read_text():
+            if process.poll() is not None:
+                raise AssertionError(f"peer exited with {process.returncode}:\n"
+                                     f"{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"peer not ready after {timeout:.0f} s:\n"
+                                     f"{log_path.read_text()}")
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
