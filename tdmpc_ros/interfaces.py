@@ -64,7 +64,8 @@ def check_fields(message: Any, where: str | None = None) -> None:
     where = where or type(message).__name__
     if not hasattr(type(message), "SLOT_TYPES"):
         raise MessageError(f"{where}: {type(message).__name__} is not a ROS message")
-    for (name, _), slot in zip(message.get_fields_and_field_types().items(), message.SLOT_TYPES):
+    for (name, _), slot in zip(message.get_fields_and_field_types().items(), message.SLOT_TYPES,
+                              strict=True):
         _check_value(getattr(message, name), slot, f"{where}.{name}")
 
 
@@ -79,7 +80,8 @@ def _check_value(value: Any, slot: idl.AbstractType, where: str) -> None:
     elif isinstance(slot, idl.AbstractGenericString):
         if not isinstance(value, str):
             raise MessageError(f"{where}: expected a string, got {type(value).__name__}")
-        if isinstance(slot, idl.BoundedString | idl.BoundedWString) and len(value) > slot.maximum_size:
+        bounded = isinstance(slot, idl.BoundedString | idl.BoundedWString)
+        if bounded and len(value) > slot.maximum_size:
             raise MessageError(f"{where}: {len(value)} characters, at most {slot.maximum_size}")
     elif isinstance(slot, idl.BasicType):
         _check_scalar(value, slot.typename, where)
@@ -275,7 +277,8 @@ def check_latent_plan(message: LatentPlan) -> None:
     check_fields(message)
     horizon, action_dim, latent_dim = message.horizon, message.action_dim, message.latent_dim
     if horizon < 1 or action_dim < 1:
-        raise MessageError(f"LatentPlan: horizon {horizon} and action_dim {action_dim} must be >= 1")
+        raise MessageError(f"LatentPlan: horizon {horizon} and action_dim {action_dim} "
+                           "must be >= 1")
     expected = {
         "actions": horizon * action_dim,
         "action_std": horizon * action_dim,

@@ -150,7 +150,9 @@ def save_episode(episode: Episode, directory: str | os.PathLike[str]) -> Path:
         "source": episode.source,
         "extras": episode.extras,
     }
-    arrays: dict[str, np.ndarray] = {f"obs/{key}": value for key, value in episode.observations.items()}
+    arrays: dict[str, np.ndarray] = {
+        f"obs/{key}": value for key, value in episode.observations.items()
+    }
     arrays.update(
         action=episode.actions,
         reward=episode.rewards,
@@ -161,7 +163,9 @@ def save_episode(episode: Episode, directory: str | os.PathLike[str]) -> Path:
         meta=np.array(json.dumps(meta)),
     )
     final_path = directory / f"{episode.episode_id}{SUFFIX}"
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{episode.episode_id}.", suffix=".tmp", dir=directory)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{episode.episode_id}.", suffix=".tmp", dir=directory
+    )
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.savez_compressed(handle, **arrays)
@@ -196,10 +200,13 @@ def load_episode(path: str | os.PathLike[str]) -> Episode:
         raise EpisodeFormatError(f"{path}: metadata is not JSON ({error})") from error
     if meta.get("format_version") != FORMAT_VERSION:
         raise EpisodeFormatError(
-            f"{path}: format version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+            f"{path}: format version {meta.get('format_version')!r}, "
+            f"this code reads {FORMAT_VERSION}"
         )
     observations = {
-        name.removeprefix("obs/"): value for name, value in arrays.items() if name.startswith("obs/")
+        name.removeprefix("obs/"): value
+        for name, value in arrays.items()
+        if name.startswith("obs/")
     }
     try:
         return Episode(

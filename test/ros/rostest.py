@@ -16,7 +16,8 @@ from rclpy.node import Node
 
 
 @contextmanager
-def ros_node(name: str, environment: dict[str, str]) -> Iterator[tuple[Node, SingleThreadedExecutor]]:
+def ros_node(name: str,
+             environment: dict[str, str]) -> Iterator[tuple[Node, SingleThreadedExecutor]]:
     """A node in its own rclpy context, on the test's domain; shut down afterwards."""
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=int(environment["ROS_DOMAIN_ID"]))

@@ -18,7 +18,10 @@ from tdmpc_ros.msg import (
     Transition,
 )
 
-STAMP = Time(sec=1_700_000_000, nanosec=123_456_789)
+
+def stamp() -> Time:
+    """A fresh stamp each time: messages share no mutable parts."""
+    return Time(sec=1_700_000_000, nanosec=123_456_789)
 
 
 def _floats(generator: np.random.Generator, size: int) -> list[float]:
@@ -29,7 +32,7 @@ def transition(seed: int = 0, image_shape: tuple[int, int] = (720, 1280)) -> Tra
     """A transition with a large camera image (1280 x 720 RGB by default, 2.7 MB)."""
     generator = np.random.default_rng(seed)
     message = Transition()
-    message.header.stamp = STAMP
+    message.header.stamp = stamp()
     message.header.frame_id = "link_base"
     message.episode_id = f"ep-{seed:06d}"
     message.step = 24
@@ -41,10 +44,10 @@ def transition(seed: int = 0, image_shape: tuple[int, int] = (720, 1280)) -> Tra
     message.next_state = _floats(generator, 10)
     height, width = image_shape
     message.image = image_to_msg(generator.integers(0, 256, (height, width, 3), dtype=np.uint8),
-                                 "rgb8", "camera_color_optical_frame", STAMP)
+                                 "rgb8", "camera_color_optical_frame", stamp())
     message.next_image = image_to_msg(
         generator.integers(0, 256, (height, width, 3), dtype=np.uint8), "rgb8",
-        "camera_color_optical_frame", STAMP)
+        "camera_color_optical_frame", stamp())
     message.action = _floats(generator, 4)
     message.reward = 0.75
     message.terminated = False
@@ -58,7 +61,7 @@ def latent_plan(seed: int = 0, horizon: int = 5, action_dim: int = 4,
                 latent_dim: int = 50) -> LatentPlan:
     generator = np.random.default_rng(seed)
     message = LatentPlan()
-    message.header.stamp = STAMP
+    message.header.stamp = stamp()
     message.header.frame_id = "link_base"
     message.episode_id = "ep-000003"
     message.step = 11
@@ -84,7 +87,7 @@ def model_weights(seed: int = 0, payload_bytes: int = 4_000_000) -> ModelWeights
     generator = np.random.default_rng(seed)
     payload = generator.integers(0, 256, payload_bytes, dtype=np.uint8).tobytes()
     message = ModelWeights()
-    message.header.stamp = STAMP
+    message.header.stamp = stamp()
     message.version = 3
     message.learner_step = 25_000
     message.run_id = "run-test"
@@ -98,7 +101,7 @@ def model_weights(seed: int = 0, payload_bytes: int = 4_000_000) -> ModelWeights
 
 def episode_event() -> EpisodeEvent:
     message = EpisodeEvent()
-    message.header.stamp = STAMP
+    message.header.stamp = stamp()
     message.event = EpisodeEvent.END
     message.episode_id = "ep-000003"
     message.task = "lift"
@@ -114,7 +117,7 @@ def episode_event() -> EpisodeEvent:
 
 def action_command() -> ActionCommand:
     message = ActionCommand()
-    message.header.stamp = STAMP
+    message.header.stamp = stamp()
     message.episode_id = "ep-000003"
     message.step = 5
     message.action = [0.5, -0.25, 1.0, -1.0]
@@ -124,7 +127,7 @@ def action_command() -> ActionCommand:
 
 def robot_state() -> RobotState:
     message = RobotState()
-    message.header.stamp = STAMP
+    message.header.stamp = stamp()
     message.header.frame_id = "link_base"
     message.ee_pose.position.x, message.ee_pose.position.y, message.ee_pose.position.z = (
         0.4, -0.1, 0.2)

@@ -11,9 +11,10 @@ import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
+from tdmpc_ros.interfaces import MessageError, publish_checked
+
 import samples
 from rostest import peer_process, ros_node, spin_until
-from tdmpc_ros.interfaces import MessageError, publish_checked
 
 MESSAGE_DIR = Path(__file__).resolve().parents[2] / "msg"
 PEER = Path(__file__).with_name("echo_peer.py")
