@@ -20,7 +20,6 @@ cd "$repo"
 # The venv lives outside the source tree: rosidl exports the NumPy include directory of the
 # interpreter it builds with, and CMake refuses an exported path inside the source directory.
 venv=${VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tdmpc_ros/venv}
-python=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -45,11 +44,20 @@ fi
 
 # --- 2. Virtual environment and pinned Python packages ----------------------------------------
 if [ -n "${ROS_DISTRO:-}" ] && [ -n "${AMENT_PREFIX_PATH:-}" ]; then
+  # The sourced ROS was built for the system's Python and NumPy: use that interpreter, and keep
+  # the system NumPy (the generated message extensions are compiled against it).
   ros_mode=system
-  requirement_files=(requirements/python.txt)
+  python=${PYTHON:-/usr/bin/python3}
+  constraint_file=$(mktemp)
+  trap 'rm -f "$constraint_file" "$constraint_file.txt"' EXIT
+  "$python" -c 'import numpy; print(f"numpy=={numpy.__version__}")' > "$constraint_file"
+  grep -v '^numpy==' requirements/python.txt > "$constraint_file.txt"
+  requirement_files=("$constraint_file.txt")
 else
   ros_mode=wheels
+  python=${PYTHON:-$(command -v python3.11 || command -v python3)}
   requirement_files=(requirements/python.txt requirements/ros-kilted.txt)
+  constraint_file=requirements/constraints.txt  # every transitive package, as resolved here
 fi
 if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv with $python (ROS 2 from: $ros_mode)"
@@ -60,14 +68,14 @@ if [ ! -x "$venv/bin/python" ]; then
   fi
 fi
 stamp="$venv/.tdmpc-requirements"
-wanted=$(cat "${requirement_files[@]}" requirements/constraints.txt | sha256sum | cut -d' ' -f1)-$ros_mode
+wanted=$(cat "${requirement_files[@]}" "$constraint_file" | sha256sum | cut -d' ' -f1)-$ros_mode
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   log "installing pinned Python packages (${requirement_files[*]})"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip==25.3
   requirement_args=()
   for file in "${requirement_files[@]}"; do requirement_args+=(-r "$file"); done
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    -c requirements/constraints.txt "${requirement_args[@]}"
+    -c "$constraint_file" "${requirement_args[@]}"
   echo "$wanted" > "$stamp"
 fi
 
@@ -82,6 +90,10 @@ if [ "$ros_mode" = wheels ]; then
   cmake_extra=(-DCMAKE_PROJECT_INCLUDE="$repo/tools/cmake/ros_wheels.cmake")
 else
   cmake_extra=()
+fi
+if ! command -v colcon >/dev/null; then
+  log "colcon not found: install it with your ROS 2 (apt install python3-colcon-common-extensions)"
+  exit 1
 fi
 log "colcon build"
 mkdir -p "$repo/log"
