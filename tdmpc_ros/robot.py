@@ -29,7 +29,9 @@ class ArmBackend(Protocol):
         """
         ...
 
-    def move_to(self, target_position_m: Sequence[float] | np.ndarray, gripper_command: float) -> None:
+    def move_to(
+        self, target_position_m: Sequence[float] | np.ndarray, gripper_command: float
+    ) -> None:
         """Run one agent step: move the TCP towards ``target_position_m`` over the task's
         action-repeat substeps and command the gripper (0 closed, 1 fully open); returns when
         the step's time is up, whether or not the target was reached (e.g. blocked by contact).

@@ -43,7 +43,7 @@ class Region:
     def __post_init__(self) -> None:
         if len(self.low) != 3 or len(self.high) != 3:
             raise ValueError(f"a region needs 3-d corners, got {self.low} and {self.high}")
-        if any(lo > hi for lo, hi in zip(self.low, self.high)):
+        if any(lo > hi for lo, hi in zip(self.low, self.high, strict=True)):
             raise ValueError(f"region low {self.low} exceeds high {self.high}")
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
@@ -102,9 +102,12 @@ class TaskSpec:
     object_region: Region | None = None
     """Where the cube's centre is placed at reset (z is ignored: the cube rests on the table)."""
     target_region: Region | None = None
-    """Where the target is drawn at reset (for ``push`` only x, y count: the goal is on the table)."""
+    """Where the target is drawn at reset (for ``push`` only x, y count: the goal is on the
+    table, at the height of the cube's centre)."""
     min_object_target_distance_m: float = 0.0
     """Smallest horizontal distance between the cube and the target drawn at reset (m)."""
+    max_object_target_distance_m: float = math.inf
+    """Largest horizontal distance between the cube and the target drawn at reset (m)."""
     success_distance_m: float = 0.05
     """reach: TCP within this of the target; push: cube centre within this of the goal (x, y)."""
     lift_height_m: float = 0.15
@@ -158,6 +161,7 @@ TASKS: dict[str, TaskSpec] = {
             object_region=Region((0.32, -0.12, 0.0), (0.48, 0.12, 0.0)),
             target_region=Region((0.3, -0.15, 0.0), (0.5, 0.15, 0.0)),
             min_object_target_distance_m=0.08,
+            max_object_target_distance_m=0.18,  # a push of at most ~8 steps: 25 steps suffice
         ),
         TaskSpec(
             name="lift",
@@ -177,7 +181,8 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+        known = ", ".join(sorted(TASKS))
+        raise ValueError(f"unknown task {name!r}; known tasks: {known}") from None
 
 
 def action_to_target(
@@ -209,7 +214,8 @@ def action_to_target(
     if spec.action_dim >= 4:
         gripper = float((values[3] + 1.0) / 2.0)
     else:
-        gripper = float(spec.fixed_gripper_command if spec.fixed_gripper_command is not None else 1.0)
+        fixed = spec.fixed_gripper_command
+        gripper = float(fixed if fixed is not None else 1.0)
     return target, gripper
 
 

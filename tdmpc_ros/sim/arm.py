@@ -68,7 +68,9 @@ class MujocoArm:
         self.data.mocap_quat[self._ee_mocap] = _DOWN
         mujoco.mj_forward(self.model, self.data)
 
-    def move_to(self, target_position_m: Sequence[float] | np.ndarray, gripper_command: float) -> None:
+    def move_to(
+        self, target_position_m: Sequence[float] | np.ndarray, gripper_command: float
+    ) -> None:
         """One agent step: the TCP target moves in a straight line from the last target to
         ``target_position_m`` over ``action_repeat`` substeps (as the real driver interpolates
         servo commands); the fingers are driven towards ``gripper_command`` (0 closed, 1 open)."""
@@ -175,7 +177,7 @@ class MujocoArm:
             jacobian = np.vstack([jacp[:, dofs], jacr[:, dofs]])
             step = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + 1e-6 * np.eye(6), error)
             data.qpos[qpos] += step
-            for index, name in zip(qpos, scene.ARM_JOINTS):
+            for index, name in zip(qpos, scene.ARM_JOINTS, strict=True):
                 low, high = self.model.jnt_range[self.model.joint(name).id]
                 data.qpos[index] = np.clip(data.qpos[index], low, high)
         self._ik_cache[key] = data.qpos[qpos].copy()

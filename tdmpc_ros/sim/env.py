@@ -89,10 +89,10 @@ class XArmTaskEnv(gymnasium.Env):
         if spec.uses_target:
             assert spec.target_region is not None
             target = spec.target_region.sample(rng)
-            while (
-                object_position is not None
-                and np.linalg.norm(target[:2] - object_position[:2])
-                < spec.min_object_target_distance_m
+            while object_position is not None and not (
+                spec.min_object_target_distance_m
+                <= np.linalg.norm(target[:2] - object_position[:2])
+                <= spec.max_object_target_distance_m
             ):
                 target = spec.target_region.sample(rng)
             if spec.uses_object:  # a goal for the cube: on the table, at the cube's height

@@ -27,37 +27,48 @@ class Skill:
     random_action_prob: float
     """Chance per step of replacing the action with a uniform random one."""
     aim_error_m: float
-    """Standard deviation (m, per horizontal axis) of a constant error in where the expert
-    believes the cube and target are, drawn once per episode."""
+    """Standard deviation (m, per axis; horizontal axes only for the cube tasks) of a constant
+    error in where the expert believes the cube and target are, drawn once per episode."""
     gain: float
     """Multiplies the proposed move; below 1 the expert is slow and may run out of time."""
 
 
 SKILLS: tuple[Skill, ...] = (
     Skill("expert", noise_std=0.1, random_action_prob=0.0, aim_error_m=0.0, gain=1.0),
-    Skill("sloppy", noise_std=0.3, random_action_prob=0.1, aim_error_m=0.02, gain=0.9),
-    Skill("poor", noise_std=0.6, random_action_prob=0.25, aim_error_m=0.04, gain=0.7),
+    Skill("sloppy", noise_std=0.3, random_action_prob=0.1, aim_error_m=0.025, gain=0.9),
+    Skill("poor", noise_std=0.6, random_action_prob=0.25, aim_error_m=0.07, gain=0.7),
     Skill("random", noise_std=0.0, random_action_prob=1.0, aim_error_m=0.0, gain=1.0),
 )
 """The skill levels, from best to worst."""
 
-SKILL_WEIGHTS: tuple[float, ...] = (0.25, 0.3, 0.3, 0.15)
-"""How often each of SKILLS is drawn for an episode."""
+SKILL_WEIGHTS: dict[str, tuple[float, ...]] = {
+    "reach": (0.1, 0.2, 0.4, 0.3),  # reaching forgives errors: fewer good players
+    "push": (0.3, 0.3, 0.25, 0.15),
+    "lift": (0.3, 0.3, 0.25, 0.15),
+}
+"""Per task, how often each of SKILLS is drawn for an episode (about 30-45% successes)."""
 
 
-def draw_skill(rng: np.random.Generator) -> Skill:
-    return SKILLS[int(rng.choice(len(SKILLS), p=np.asarray(SKILL_WEIGHTS)))]
+def draw_skill(task: str, rng: np.random.Generator) -> Skill:
+    """A skill level for one episode of ``task``."""
+    weights = np.asarray(SKILL_WEIGHTS[task], dtype=np.float64)
+    return SKILLS[int(rng.choice(len(SKILLS), p=weights / weights.sum()))]
 
 
 class ScriptedExpert:
     """Base class: subclasses propose a TCP sub-goal and a gripper command per step."""
 
+    aim_error_in_z = False
+    """Whether the aiming error is 3-d (a target in the air) or horizontal (a cube on the table)."""
+
     def __init__(self, spec: TaskSpec, skill: Skill, rng: np.random.Generator) -> None:
         self.spec = spec
         self.skill = skill
         self.rng = rng
-        aim = rng.normal(0.0, skill.aim_error_m, size=2) if skill.aim_error_m > 0 else np.zeros(2)
-        self.aim_offset = np.array([aim[0], aim[1], 0.0])
+        aim = rng.normal(0.0, skill.aim_error_m, size=3) if skill.aim_error_m > 0 else np.zeros(3)
+        if not self.aim_error_in_z:
+            aim[2] = 0.0
+        self.aim_offset = aim
 
     def act(
         self,
@@ -89,6 +100,8 @@ class ScriptedExpert:
 
 class ReachExpert(ScriptedExpert):
     """Straight to the target, gripper open."""
+
+    aim_error_in_z = True
 
     def subgoal(
         self, ee_pos: np.ndarray, gripper: float, object_pos: np.ndarray | None,
@@ -124,7 +137,7 @@ class PushExpert(ScriptedExpert):
             # in place: push through the cube's centre towards the goal
             aim = cube[:2] + direction * min(remaining, 0.03)
             return np.array([aim[0], aim[1], push_z]), 0.0
-        if float(np.linalg.norm(ee_pos[:2] - behind)) > 0.012:
+        if float(np.linalg.norm(ee_pos[:2] - behind)) > 0.02:
             near_cube = float(np.linalg.norm(relative)) < contact + 0.03
             if ee_pos[2] < safe_z - 0.01 and near_cube:
                 return np.array([ee_pos[0], ee_pos[1], safe_z]), 0.0  # rise clear of the cube
