@@ -59,9 +59,10 @@ class XArmTaskEnv(gymnasium.Env):
         task_spec = self.task_spec
         self.metadata = {**self.metadata, "render_fps": 1.0 / task_spec.agent_period_s}
         self.action_space = spaces.Box(-1.0, 1.0, shape=(task_spec.action_dim,), dtype=np.float32)
+        # positions stay within 2 m of the base (a cube knocked off the table lands on the floor)
         observation = {
-            "state": spaces.Box(-np.inf, np.inf, shape=(task_spec.state_dim,), dtype=np.float32),
-            "proprio": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
+            "state": spaces.Box(-2.0, 2.0, shape=(task_spec.state_dim,), dtype=np.float32),
+            "proprio": spaces.Box(-2.0, 2.0, shape=(4,), dtype=np.float32),
         }
         if render_pixels:
             observation["pixels"] = spaces.Box(
