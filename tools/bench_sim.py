@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import tdmpc_ros.sim  # noqa: F401  (picks MUJOCO_GL before mujoco is imported)
-from tdmpc_ros.sim.env import XArmTaskEnv
-from tdmpc_ros.tasks import TASKS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
+import tdmpc_ros.sim  # noqa: E402, F401  (picks MUJOCO_GL before mujoco is imported)
+from tdmpc_ros.sim.env import XArmTaskEnv  # noqa: E402
+from tdmpc_ros.tasks import TASKS  # noqa: E402
 
 
 def bench(task: str, steps: int, pixels: bool) -> dict[str, object]:

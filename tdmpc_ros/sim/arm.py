@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import mujoco
@@ -140,7 +141,15 @@ class MujocoArm:
         """An RGB image (uint8, height x width x 3) from the fixed front camera."""
         renderer = self._renderers.get((height, width))
         if renderer is None:
-            renderer = mujoco.Renderer(self.model, height=height, width=width)
+            try:
+                renderer = mujoco.Renderer(self.model, height=height, width=width)
+            except Exception as error:  # GL backends fail with many exception types
+                raise RuntimeError(
+                    f"MuJoCo cannot render offscreen ({error}). MUJOCO_GL is "
+                    f"{os.environ.get('MUJOCO_GL')!r}; it must be 'egl' or 'osmesa' on a "
+                    "headless machine and be set before mujoco is first imported (import "
+                    "tdmpc_ros.sim first); requirements/apt.txt lists the Debian packages."
+                ) from error
             self._renderers[(height, width)] = renderer
         renderer.update_scene(self.data, camera=scene.CAMERA_NAME)
         return renderer.render().copy()

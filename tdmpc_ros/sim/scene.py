@@ -117,7 +117,7 @@ def build_scene_xml(spec: TaskSpec) -> str:
     <light name="top" pos="0.5 0.3 1.6" dir="-0.1 -0.2 -1" directional="true" castshadow="true"
            diffuse="0.55 0.55 0.55" specular="0.1 0.1 0.1"/>
     <geom name="floor" type="plane" pos="0 0 {table - 0.75:.6g}" size="3 3 0.1"
-          rgba="0.3 0.3 0.32 1" contype="0" conaffinity="0"/>
+          rgba="0.3 0.3 0.32 1"/>
     <geom name="table" type="box" pos="0.35 0 {table - 0.025:.6g}" size="0.45 0.6 0.025"
           material="table" friction="0.6 0.005 0.0001"/>
     <geom name="base" type="cylinder" pos="0 0 {table + 0.06:.6g}" size="0.065 0.06"
