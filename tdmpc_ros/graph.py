@@ -1,0 +1,180 @@
+"""The node graph, defined once: topics with their types and QoS, the nodes, and the launch
+arguments. The ``ros2 launch`` files in ``launch/`` and the project's own launcher
+(``python -m tdmpc_ros.launcher``, for machines without launch_ros) both read this module, so
+the two cannot drift apart. Nodes take their topic names and QoS from here too.
+
+Topic names are relative, so that the ``namespace`` launch argument moves the whole graph
+(e.g. two arms in one lab); ``/diagnostics`` stays absolute, as ROS tools expect it there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # rclpy is only needed by the nodes, not by whoever reads the graph
+    from rclpy.qos import QoSProfile
+
+PACKAGE = "tdmpc_ros"
+
+
+@dataclass(frozen=True)
+class Qos:
+    """A QoS choice, kept as plain values so this module imports without rclpy."""
+
+    reliable: bool
+    depth: int
+    latched: bool = False  # transient local: a late subscriber gets the last `depth` messages
+    why: str = ""
+
+    def profile(self) -> QoSProfile:
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        return QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=self.depth,
+            reliability=ReliabilityPolicy.RELIABLE if self.reliable
+            else ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL if self.latched
+            else DurabilityPolicy.VOLATILE,
+        )
+
+
+QOS = {
+    "sensor": Qos(False, 2, why="camera frames: only the newest matters, a late one is useless"),
+    "state": Qos(True, 10, why="robot state: small, every sample is used by the recorder"),
+    "command": Qos(True, 1, why="actions: the driver acts on the newest only, but must get it"),
+    "monitor": Qos(True, 5, why="plans and markers for rviz and logs"),
+    "data": Qos(True, 200, why="transitions: none may be lost between recorder and learner"),
+    "events": Qos(True, 100, latched=True,
+                  why="episode events: a node that starts late still sees the trials so far"),
+    "weights": Qos(True, 1, latched=True,
+                   why="model weights: a planner that starts late gets the latest version"),
+}
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    type: str  # "package/msg/Type"
+    qos: str  # key of QOS
+    description: str
+
+    def message_class(self) -> type:
+        import importlib
+
+        package, _, name = self.type.split("/")
+        return getattr(importlib.import_module(f"{package}.msg"), name)
+
+    def profile(self) -> QoSProfile:
+        return QOS[self.qos].profile()
+
+
+TOPICS: dict[str, Topic] = {topic.name: topic for topic in (
+    Topic("camera/image_raw", "sensor_msgs/msg/Image", "sensor",
+          "RGB frames for the model, already at its input size, stamped by the camera clock"),
+    Topic("camera/camera_info", "sensor_msgs/msg/CameraInfo", "sensor",
+          "the camera's intrinsics for those frames"),
+    Topic("sim/world_state", "std_msgs/msg/Float64MultiArray", "state",
+          "simulator only: the world's positions, so the simulated camera renders what the "
+          "simulated arm did"),
+    Topic("robot/state", "tdmpc_ros/msg/RobotState", "state",
+          "end-effector pose, gripper, joints, ready / stopped / error"),
+    Topic("robot/action", "tdmpc_ros/msg/ActionCommand", "command",
+          "the action to execute, from the planner"),
+    Topic("robot/emergency_stop", "std_msgs/msg/Bool", "command",
+          "true stops the arm at once (also a service, robot/emergency_stop)"),
+    Topic("planner/plan", "tdmpc_ros/msg/LatentPlan", "monitor",
+          "each plan with its uncertainty, for monitoring and analysis"),
+    Topic("planner/plan_markers", "visualization_msgs/msg/MarkerArray", "monitor",
+          "the planned end-effector path coloured by uncertainty, for rviz"),
+    Topic("replay/transitions", "tdmpc_ros/msg/Transition", "data",
+          "every executed step, once, for the learner's online buffer"),
+    Topic("trial/events", "tdmpc_ros/msg/EpisodeEvent", "events",
+          "episode start and end, with return, success and why it ended"),
+    Topic("learner/weights", "tdmpc_ros/msg/ModelWeights", "weights",
+          "new model weights (safetensors, checked by sha256 before use)"),
+    Topic("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", "monitor",
+          "each node's health, for rqt_robot_monitor and the launcher's summary"),
+)}
+
+
+def topic(name: str) -> Topic:
+    """The topic of that name; a KeyError lists the known ones."""
+    try:
+        return TOPICS[name]
+    except KeyError:
+        raise KeyError(f"unknown topic {name!r}; known: {sorted(TOPICS)}") from None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str  # the ROS node name
+    executable: str  # installed in lib/tdmpc_ros/ for `ros2 run` and launch_ros
+    module: str  # python -m <module> starts it without launch_ros
+    parameters: str  # its YAML file in config/
+    description: str
+
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("camera", "camera_node", "tdmpc_ros.nodes.camera", "camera.yaml",
+             "publishes the model's camera frames from the simulator, a RealSense or a USB "
+             "camera"),
+    NodeSpec("robot_driver", "robot_driver_node", "tdmpc_ros.nodes.robot_driver",
+             "robot_driver.yaml",
+             "moves the arm (MuJoCo, Gazebo or the real xArm) within the workspace and safety "
+             "limits"),
+    NodeSpec("planner", "planner_node", "tdmpc_ros.nodes.planner", "planner.yaml",
+             "plans each action with the world model and uncertainty-regularised MPPI"),
+    NodeSpec("replay_recorder", "replay_recorder_node", "tdmpc_ros.nodes.replay_recorder",
+             "replay_recorder.yaml",
+             "records every step to the episode store and publishes transitions"),
+    NodeSpec("learner", "learner_node", "tdmpc_ros.nodes.learner", "learner.yaml",
+             "finetunes the world model with balanced offline/online sampling, publishes weights"),
+    NodeSpec("trial_supervisor", "trial_supervisor_node", "tdmpc_ros.nodes.trial_supervisor",
+             "trial_supervisor.yaml",
+             "rewards, success, episode ends, resets, trial count and progress"),
+)
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    name: str
+    default: str
+    description: str
+    choices: tuple[str, ...] = ()
+
+
+LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument("backend", "sim", "which robot to drive: the MuJoCo simulator, a Gazebo "
+                   "simulation, or the real xArm", ("sim", "gazebo", "real")),
+    LaunchArgument("task", "reach", "the task to run trials of", ("reach", "push", "lift")),
+    LaunchArgument("checkpoint", "", "the pretrained checkpoint to finetune (empty: the shipped "
+                   "model for the task, models/<task>-state.safetensors)"),
+    LaunchArgument("trials", "20", "how many trials (episodes) to run before stopping"),
+    LaunchArgument("device", "auto", "where the planner and learner run: auto (CUDA when "
+                   "there is a GPU), cpu, cuda or cuda:N"),
+    LaunchArgument("namespace", "", "ROS namespace for every node and topic (one per arm)"),
+    LaunchArgument("use_sim_time", "false", "take time from /clock (Gazebo) instead of the "
+                   "wall clock", ("true", "false")),
+)
+
+
+def launch_argument_defaults() -> dict[str, str]:
+    return {argument.name: argument.default for argument in LAUNCH_ARGUMENTS}
+
+
+def check_launch_arguments(values: dict[str, Any]) -> dict[str, str]:
+    """Defaults filled in; an unknown name or a value outside its choices raises ValueError."""
+    known = launch_argument_defaults()
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown launch arguments {sorted(unknown)}; known: {sorted(known)}")
+    merged = {**known, **{name: str(value) for name, value in values.items()}}
+    for argument in LAUNCH_ARGUMENTS:
+        if argument.choices and merged[argument.name] not in argument.choices:
+            raise ValueError(f"{argument.name}:={merged[argument.name]} is not one of "
+                             f"{'|'.join(argument.choices)}")
+    if not merged["trials"].isdigit() or int(merged["trials"]) < 1:
+        raise ValueError(f"trials:={merged['trials']} must be a positive whole number")
+    return merged
