@@ -114,6 +114,7 @@ class NodeSpec:
     module: str  # python -m <module> starts it without launch_ros
     parameters: str  # its YAML file in config/
     description: str
+    required: bool = False  # when it exits, the whole graph stops (it ends the run)
 
 
 NODES: tuple[NodeSpec, ...] = (
@@ -133,7 +134,8 @@ NODES: tuple[NodeSpec, ...] = (
              "finetunes the world model with balanced offline/online sampling, publishes weights"),
     NodeSpec("trial_supervisor", "trial_supervisor_node", "tdmpc_ros.nodes.trial_supervisor",
              "trial_supervisor.yaml",
-             "rewards, success, episode ends, resets, trial count and progress"),
+             "rewards, success, episode ends, resets, trial count and progress",
+             required=True),
 )
 
 
@@ -178,3 +180,23 @@ def check_launch_arguments(values: dict[str, Any]) -> dict[str, str]:
     if not merged["trials"].isdigit() or int(merged["trials"]) < 1:
         raise ValueError(f"trials:={merged['trials']} must be a positive whole number")
     return merged
+
+
+# The camera source that goes with each robot backend.
+CAMERA_SOURCE = {"sim": "sim", "gazebo": "ros_topic", "real": "realsense"}
+
+
+def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]:
+    """The parameters a node takes from the launch arguments, as strings (both launchers pass
+    them as ``name:=value`` overrides on top of the node's YAML file)."""
+    backend = arguments["backend"]
+    parameters = {"task": arguments["task"], "use_sim_time": arguments["use_sim_time"]}
+    parameters.update({
+        "camera": {"source": CAMERA_SOURCE[backend]},
+        "robot_driver": {"backend": backend},
+        "planner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"]},
+        "replay_recorder": {"backend": backend},
+        "learner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"]},
+        "trial_supervisor": {"trials": arguments["trials"], "backend": backend},
+    }[node.name])
+    return parameters

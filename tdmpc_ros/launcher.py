@@ -1,0 +1,172 @@
+"""Start the node graph without launch_ros: ``python -m tdmpc_ros.launcher task:=reach ...``.
+
+It reads the same graph and arguments as ``launch/tdmpc.launch.py`` (``tdmpc_ros.graph``),
+starts each node as its own process, prefixes every output line with the node's name, and stops
+them all (SIGINT, then SIGTERM, then SIGKILL) on Ctrl-C, when a node fails, or when a required
+node (the trial supervisor) finishes. No process is left behind: each node runs in its own
+process group, and the whole group is signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from tdmpc_ros import graph
+
+STOP_SIGNALS = ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    command: tuple[str, ...]
+    required: bool = False  # when it exits, everything stops (launch's on_exit=Shutdown)
+
+
+def config_directory() -> Path:
+    """config/ of the installed package, or of the source tree when run from a checkout."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory(graph.PACKAGE)) / "config"
+        if installed.is_dir():
+            return installed
+    except (ImportError, LookupError, ValueError):
+        pass
+    return Path(__file__).resolve().parents[1] / "config"
+
+
+def node_processes(arguments: dict[str, str]) -> list[Process]:
+    """One process per node of the graph, with the parameters the launch file would give it."""
+    config = config_directory()
+    processes = []
+    for node in graph.NODES:
+        command = [sys.executable, "-m", node.module, "--ros-args", "-r", f"__node:={node.name}"]
+        if arguments["namespace"]:
+            command += ["-r", f"__ns:=/{arguments['namespace'].strip('/')}"]
+        command += ["--params-file", str(config / node.parameters)]
+        for name, value in graph.node_parameters(node, arguments).items():
+            command += ["-p", f"{name}:={value}"]
+        processes.append(Process(node.name, tuple(command), required=node.required))
+    return processes
+
+
+def _forward(name: str, stream: TextIO, width: int, lock: threading.Lock) -> None:
+    for line in stream:
+        with lock:
+            sys.stdout.write(f"[{name:<{width}}] {line}")
+            sys.stdout.flush()
+
+
+def _stop(running: dict[str, subprocess.Popen]) -> None:
+    """Signal every process group still alive, escalating until all are gone."""
+    for stop_signal, grace in STOP_SIGNALS:
+        alive = {name: p for name, p in running.items() if p.poll() is None}
+        if not alive:
+            return
+        for process in alive.values():
+            try:
+                os.killpg(process.pid, stop_signal)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(p.poll() is None for p in alive.values()):
+            time.sleep(0.05)
+        if stop_signal != signal.SIGKILL:
+            late = [name for name, p in alive.items() if p.poll() is None]
+            if late:
+                print(f"[launcher] still running after {signal.Signals(stop_signal).name}: "
+                      f"{', '.join(late)}", flush=True)
+
+
+def run(processes: Sequence[Process], environment: dict[str, str] | None = None) -> int:
+    """Run the processes until one fails, a required one exits, or SIGINT/SIGTERM arrives.
+
+    Returns 0 when a required process finished with 0 (or the launcher was interrupted), the
+    first failing process's exit code otherwise.
+    """
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    width = max(len(process.name) for process in processes)
+    lock = threading.Lock()
+    running: dict[str, subprocess.Popen] = {}
+    readers = []
+    result = 0
+    try:
+        for process in processes:
+            popen = subprocess.Popen(process.command, env=environment, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                     start_new_session=True)
+            running[process.name] = popen
+            reader = threading.Thread(target=_forward, args=(process.name, popen.stdout, width,
+                                                             lock), daemon=True)
+            reader.start()
+            readers.append(reader)
+            print(f"[launcher] started {process.name} (pid {popen.pid})", flush=True)
+        while not stop_requested.is_set():
+            for process in processes:
+                code = running[process.name].poll()
+                if code is None:
+                    continue
+                if code != 0:
+                    print(f"[launcher] {process.name} exited with {code}; stopping the rest",
+                          flush=True)
+                    result = code
+                    stop_requested.set()
+                elif process.required:
+                    print(f"[launcher] {process.name} finished; stopping the rest", flush=True)
+                    stop_requested.set()
+            time.sleep(0.1)
+    finally:
+        _stop(running)
+        for reader in readers:
+            reader.join(timeout=2)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return result
+
+
+def parse_arguments(argv: Sequence[str]) -> dict[str, str]:
+    """``name:=value`` pairs, as ros2 launch takes them."""
+    values = {}
+    for item in argv:
+        if item in ("-h", "--help"):
+            raise SystemExit(usage())
+        name, separator, value = item.partition(":=")
+        if not separator:
+            raise SystemExit(f"expected name:=value, got {item!r}\n\n{usage()}")
+        values[name] = value
+    try:
+        return graph.check_launch_arguments(values)
+    except ValueError as error:
+        raise SystemExit(f"{error}\n\n{usage()}") from None
+
+
+def usage() -> str:
+    lines = ["usage: python -m tdmpc_ros.launcher [name:=value ...]", "", "arguments:"]
+    for argument in graph.LAUNCH_ARGUMENTS:
+        choices = f" ({'|'.join(argument.choices)})" if argument.choices else ""
+        lines.append(f"  {argument.name}:={argument.default!s:<8}{choices} {argument.description}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    return run(node_processes(arguments))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
