@@ -41,7 +41,8 @@ class LatentModel(Protocol):
     def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
         """A batch of observations (N, ...) -> latents (N, L)."""
 
-    def step(self, z: Tensor, a: Tensor, with_q: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+    def step(self, z: Tensor, a: Tensor, with_q: bool = True
+             ) -> tuple[Tensor, Tensor, Tensor | None]:
         """(z_t, a_t) -> (z_{t+1}, reward_t (N,) float32, Q heads at (z_t, a_t) (E, N) or None)."""
 
     def q(self, z: Tensor, a: Tensor) -> Tensor:
@@ -53,34 +54,41 @@ class LatentModel(Protocol):
 
 @dataclass
 class PlanSummary:
-    """One plan, as the latent-plan message and the logs need it (numpy, on the CPU).
+    """One plan, with everything the LatentPlan message carries (numpy, on the CPU).
 
-    H is the horizon, A the action size, L the latent size, K the elites.
+    H is the horizon, A the action size, L the latent size, K the elites. ``score``,
+    ``expected_return`` and ``uncertainty_penalty`` are recomputed along the chosen sequence
+    (terminal action pi(z_H) without noise), so score = expected_return - uncertainty_penalty.
     """
 
     action: np.ndarray
     """(A,) the action to execute: first action of the chosen elite (+ exploration noise)."""
+    actions: np.ndarray
+    """(H, A) the chosen elite sequence; row 0 is executed."""
     mean: np.ndarray
     """(H, A) mean of the final sampling distribution (the next plan's warm start)."""
     std: np.ndarray
     """(H, A) std of the final sampling distribution."""
-    actions: np.ndarray
-    """(H, A) the chosen elite sequence."""
     latents: np.ndarray
-    """(H + 1, L) predicted latents z_0..z_H along the chosen sequence."""
+    """(H + 1, L) z_0 = enc(o), then the latent rollout of the chosen sequence."""
     rewards: np.ndarray
-    """(H,) predicted rewards along the chosen sequence."""
+    """(H,) predicted rewards R(z_t, a_t) along the chosen sequence."""
     q_mean: np.ndarray
-    """(H + 1,) mean over Q heads at (z_t, a_t), and at (z_H, pi(z_H)) last."""
+    """(H + 1,) Q-ensemble mean at (z_t, a_t), and at (z_H, pi(z_H)) last."""
     q_std: np.ndarray
-    """(H + 1,) std over Q heads at the same points: the model's uncertainty."""
-    value: float
-    """The chosen sequence's score (as the planner computed it)."""
+    """(H + 1,) Q-ensemble std at the same points: the model's uncertainty."""
+    score: float
+    """expected_return - uncertainty_penalty."""
+    expected_return: float
+    """sum_t gamma^t r_t + gamma^H min-of-2 Q(z_H, pi(z_H))."""
+    uncertainty_penalty: float
+    """lambda * sum_{t <= H} gamma^t q_std[t]."""
     elite_values: np.ndarray
-    """(K,) scores of the elites of the last iteration, best first."""
+    """(K,) MPPI scores of the last iteration's elites, best first."""
     elite_weights: np.ndarray
     """(K,) their normalised weights."""
     uncertainty_coef: float
+    """lambda (0: plain MPPI)."""
     discount: float
     iterations: int
     num_samples: int
@@ -91,6 +99,8 @@ class PlanSummary:
     """The version of the weights that made this plan (-1: unknown)."""
     plan_ms: float
     """Wall time of the plan in milliseconds."""
+    device: str
+    """Where it ran, e.g. "cpu" or "cuda:0"."""
 
     @property
     def horizon(self) -> int:
@@ -160,10 +170,11 @@ class Planner:
         """The model rollouts use; for a WorldModel, a fused copy of its current weights."""
         if isinstance(self.source, WorldModel):
             fingerprint = parameter_fingerprint(self.source)
-            if self._model is None or fingerprint != self._fingerprint:
+            if self._model is None:
                 self._model = PlanningModel(self.source, self.dtype)
-                self._fingerprint = fingerprint
-                self._graph = None
+            elif fingerprint != self._fingerprint:
+                self._model.refresh(self.source)  # in place: compiled code and graphs stay valid
+            self._fingerprint = fingerprint
         return self._model
 
     def reset(self) -> None:
@@ -186,7 +197,7 @@ class Planner:
                 raise ValueError("plan() needs an observation or a latent")
             keys = getattr(self.source, "obs_keys", tuple(obs))
             z = model.encode(obs_to_tensors(obs, keys, self.device))
-        z0 = z.reshape(1, -1).to(self.device, model_dtype(model))
+        z0 = z.reshape(1, -1).to(self.device, torch.float32)
         gen = self.generator
         samples, num_pi = p.num_samples, self.num_pi
         actions, values = self._actions, self._values
@@ -223,17 +234,12 @@ class Planner:
         if explore:
             action = action + std[0] * torch.randn(action_dim, device=self.device, generator=gen)
         action = action.clamp(-1.0, 1.0)
-        path = self._trace(z0, chosen)
+        trace = self._trace(model, z0, chosen)
         summary = PlanSummary(
             action=_np(action),
+            actions=_np(chosen),
             mean=_np(mean),
             std=_np(std),
-            actions=_np(chosen),
-            latents=path["latents"],
-            rewards=path["rewards"],
-            q_mean=path["q_mean"],
-            q_std=path["q_std"],
-            value=float(elite_values[choice]),
             elite_values=_np(elite_values),
             elite_weights=_np(weights),
             uncertainty_coef=p.uncertainty_coef,
@@ -244,6 +250,8 @@ class Planner:
             explored=explore,
             weights_version=int(getattr(self.source, "weights_version", -1)),
             plan_ms=(time.perf_counter() - start) * 1e3,
+            device=str(self.device),
+            **trace,
         )
         return summary.action, summary
 
@@ -256,20 +264,19 @@ class Planner:
         picks the heads of the terminal min; both are drawn at random when not given.
         """
         model = self.model
-        z0 = z0.reshape(1, -1).to(self.device, model_dtype(model))
+        z0 = z0.reshape(1, -1).to(self.device, torch.float32)
         n, action_dim = actions.shape[1], actions.shape[2]
         if terminal_noise is None:
             terminal_noise = self._policy_noise(n, action_dim)
         if head_pair is None:
             head_pair = self._head_pair(model.num_q)
-        return self._score_fn(z0, actions.to(self.device), terminal_noise, head_pair)
+        return self._score_fn(model, z0, actions.to(self.device), terminal_noise, head_pair)
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _score(self, z0: Tensor, actions: Tensor, terminal_noise: Tensor,
+    def _score(self, model: LatentModel, z0: Tensor, actions: Tensor, terminal_noise: Tensor,
                head_pair: Tensor) -> Tensor:
         """Deterministic given its inputs, so it can be compiled or captured in a CUDA graph."""
-        model = self.model
         lam = self.config.planner.uncertainty_coef
         horizon, n = actions.shape[0], actions.shape[1]
         z = z0.expand(n, -1)
@@ -293,7 +300,7 @@ class Planner:
         pair = self._head_pair(self.model.num_q)
         if self.config.planner.cuda_graphs and self.device.type == "cuda":
             return self._graph_score(z0, actions, noise, pair)
-        return self._score_fn(z0, actions, noise, pair)
+        return self._score_fn(self._model, z0, actions, noise, pair)
 
     def _graph_score(self, z0: Tensor, actions: Tensor, noise: Tensor, pair: Tensor) -> Tensor:
         """Replay a CUDA graph of ``_score`` captured on static buffers (built on first use)."""
@@ -350,31 +357,33 @@ class Planner:
         total += self._gamma[horizon] * terminal
         return actions, torch.nan_to_num(total, nan=0.0)
 
-    def _trace(self, z0: Tensor, actions: Tensor) -> dict[str, np.ndarray]:
-        """Latents, rewards and Q statistics along one sequence (H, A), for the summary."""
-        model = self.model
+    def _trace(self, model: LatentModel, z0: Tensor, actions: Tensor) -> dict[str, Any]:
+        """Latents, rewards, Q statistics and the score's parts along one sequence (H, A)."""
+        lam, horizon = self.config.planner.uncertainty_coef, actions.shape[0]
         z = z0
-        latents, rewards, q_mean, q_std = [z0.float()], [], [], []
-        for t in range(actions.shape[0]):
+        latents, rewards, q_heads = [z0.float()], [], []
+        for t in range(horizon):
             z, reward, q = model.step(z, actions[t : t + 1], with_q=True)
             latents.append(z.float())
             rewards.append(reward)
-            q_mean.append(q.mean(0))
-            q_std.append(q.std(0))
-        q = model.q(z, model.pi(z))
-        q_mean.append(q.mean(0))
-        q_std.append(q.std(0))
+            q_heads.append(q)
+        q_heads.append(model.q(z, model.pi(z)))
+        q_all = torch.cat(q_heads, 1)  # (E, H + 1)
+        q_std = q_all.std(0)
+        terminal = q_all[self._head_pair(model.num_q), -1].min()
+        rewards_t = torch.cat(rewards)
+        expected = (self._gamma[:horizon] * rewards_t).sum() + self._gamma[horizon] * terminal
+        penalty = lam * (self._gamma * q_std).sum()
+        expected, penalty = float(expected), float(penalty)
         return {
             "latents": _np(torch.cat(latents)),
-            "rewards": _np(torch.cat(rewards)),
-            "q_mean": _np(torch.cat(q_mean)),
-            "q_std": _np(torch.cat(q_std)),
+            "rewards": _np(rewards_t),
+            "q_mean": _np(q_all.mean(0)),
+            "q_std": _np(q_std),
+            "score": expected - penalty,
+            "expected_return": expected,
+            "uncertainty_penalty": penalty,
         }
-
-
-def model_dtype(model: LatentModel) -> torch.dtype:
-    """Latents are carried in float32 between steps; the model casts inside."""
-    return torch.float32
 
 
 def _np(tensor: Tensor) -> np.ndarray:

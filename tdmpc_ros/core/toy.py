@@ -1,0 +1,159 @@
+"""A point mass that must reach a goal: a fast gymnasium task for tests and experiments.
+
+State (6,): position (2), velocity (2), goal (2), all in [-1, 1]. Action (2,) in [-1, 1]
+accelerates the mass; velocity is damped, position is clipped to the arena. Reward is the
+negative distance to the goal after the step; reaching within ``goal_radius`` terminates the
+episode with success, otherwise it is truncated after ``max_steps``. With
+``observation="dict"`` the observation is the project's dict: ``state`` (6,), ``proprio``
+(position and velocity, 4,) and ``pixels`` (84, 84, 3) uint8, a top view.
+
+``expert_action`` is a scripted controller for making offline datasets (add noise to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+
+from tdmpc_ros.core.episodes import Episode
+
+ENV_ID = "tdmpc_ros/PointMass-v0"
+
+
+class PointMassEnv(gym.Env):
+    """A damped 2-D point mass reaching a random goal."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, observation: str = "state", max_steps: int = 25, goal_radius: float = 0.1,
+                 damping: float = 0.5, step_size: float = 0.15, image_size: int = 84,
+                 render_mode: str | None = "rgb_array") -> None:
+        if observation not in ("state", "dict"):
+            raise ValueError(f"observation must be 'state' or 'dict', got {observation!r}")
+        self.observation_kind = observation
+        self.max_steps = max_steps
+        self.goal_radius = goal_radius
+        self.damping = damping
+        self.step_size = step_size
+        self.image_size = image_size
+        self.render_mode = render_mode
+        state_space = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
+        if observation == "state":
+            self.observation_space = state_space
+        else:
+            self.observation_space = gym.spaces.Dict({
+                "state": state_space,
+                "proprio": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
+                "pixels": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
+            })
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        grid = (np.arange(image_size) + 0.5) / image_size * 2.0 - 1.0
+        self._grid_x, self._grid_y = np.meshgrid(grid, -grid)  # image rows go down, y goes up
+        self.position = np.zeros(2, np.float32)
+        self.velocity = np.zeros(2, np.float32)
+        self.goal = np.zeros(2, np.float32)
+        self.steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.position = self.np_random.uniform(-0.9, 0.9, 2).astype(np.float32)
+        self.goal = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
+        while np.linalg.norm(self.goal - self.position) < 0.4:
+            self.goal = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
+        self.velocity[:] = 0.0
+        self.steps = 0
+        return self._observation(), {"success": False}
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, np.float32).reshape(2), -1.0, 1.0)
+        self.velocity = np.clip(self.damping * self.velocity + action, -1.0, 1.0).astype(np.float32)
+        self.position = np.clip(self.position + self.step_size * self.velocity, -1.0, 1.0)
+        self.position = self.position.astype(np.float32)
+        self.steps += 1
+        distance = float(np.linalg.norm(self.goal - self.position))
+        success = distance < self.goal_radius
+        truncated = not success and self.steps >= self.max_steps
+        return self._observation(), -distance, success, truncated, {"success": success}
+
+    def state(self) -> np.ndarray:
+        return np.concatenate([self.position, self.velocity, self.goal]).astype(np.float32)
+
+    def render(self) -> np.ndarray:
+        image = np.full((self.image_size, self.image_size, 3), 40, np.uint8)
+        for centre, colour, radius in ((self.goal, (40, 200, 60), 0.12),
+                                       (self.position, (230, 60, 40), 0.08)):
+            mask = (self._grid_x - centre[0]) ** 2 + (self._grid_y - centre[1]) ** 2 < radius**2
+            image[mask] = colour
+        return image
+
+    def _observation(self):
+        state = self.state()
+        if self.observation_kind == "state":
+            return state
+        return {"state": state, "proprio": state[:4].copy(), "pixels": self.render()}
+
+
+def expert_action(state: np.ndarray, gain: float = 1.5) -> np.ndarray:
+    """A PD controller towards the goal, good enough to reach it in most episodes."""
+    position, velocity, goal = state[:2], state[2:4], state[4:6]
+    return np.clip(gain * (goal - position) / 0.15 - 0.5 * velocity, -1.0, 1.0).astype(np.float32)
+
+
+def as_observation_dict(observation) -> dict[str, np.ndarray]:
+    """Box observations become ``{"state": ...}``; dict observations pass through."""
+    if isinstance(observation, dict):
+        return {key: np.asarray(value) for key, value in observation.items()}
+    return {"state": np.asarray(observation, np.float32)}
+
+
+def collect_episode(env: gym.Env, policy: Callable[[dict[str, np.ndarray]], np.ndarray],
+                    episode_id: str, seed: int | None = None, task: str = "point_mass",
+                    source: str = "scripted") -> Episode:
+    """Run one episode of ``policy`` (observation dict -> action) in ``env``."""
+    observation, _ = env.reset(seed=seed)
+    observation = as_observation_dict(observation)
+    observations = {key: [value] for key, value in observation.items()}
+    actions, rewards, successes = [], [], []
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = np.clip(np.asarray(policy(observation), np.float32), -1.0, 1.0)
+        observation, reward, terminated, truncated, info = env.step(action)
+        observation = as_observation_dict(observation)
+        for key, value in observation.items():
+            observations[key].append(value)
+        actions.append(action)
+        rewards.append(reward)
+        successes.append(bool(info.get("success", False)))
+    steps = len(actions)
+    end = np.zeros(steps, bool)
+    end[-1] = True
+    return Episode(
+        observations={key: np.stack(values) for key, values in observations.items()},
+        actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
+        terminated=end & bool(terminated), truncated=end & (not terminated),
+        success=np.asarray(successes), episode_id=episode_id, task=task, source=source,
+    )
+
+
+def noisy_expert_dataset(num_episodes: int, noise: float, seed: int = 0,
+                         observation: str = "state", random_share: float = 0.0,
+                         **env_kwargs) -> list[Episode]:
+    """Episodes of the expert with Gaussian action noise; ``random_share`` of them random."""
+    env = PointMassEnv(observation=observation, **env_kwargs)
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for index in range(num_episodes):
+        if rng.random() < random_share:
+            def policy(obs):
+                return rng.uniform(-1.0, 1.0, 2)
+        else:
+            def policy(obs):
+                return expert_action(obs["state"]) + noise * rng.standard_normal(2)
+        episodes.append(collect_episode(env, policy, f"pm_{seed}_{index:05d}", seed=seed + index))
+    return episodes
+
+
+if ENV_ID not in gym.registry:
+    gym.register(id=ENV_ID, entry_point=PointMassEnv)
