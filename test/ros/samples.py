@@ -129,6 +129,8 @@ def robot_state() -> RobotState:
     message = RobotState()
     message.header.stamp = stamp()
     message.header.frame_id = "link_base"
+    message.episode_id = "ep-000003"
+    message.step = 12
     message.ee_pose.position.x, message.ee_pose.position.y, message.ee_pose.position.z = (
         0.4, -0.1, 0.2)
     message.ee_pose.orientation.w = 1.0
