@@ -75,9 +75,9 @@ TOPICS: dict[str, Topic] = {topic.name: topic for topic in (
           "RGB frames for the model, already at its input size, stamped by the camera clock"),
     Topic("camera/camera_info", "sensor_msgs/msg/CameraInfo", "sensor",
           "the camera's intrinsics for those frames"),
-    Topic("sim/world_state", "std_msgs/msg/Float64MultiArray", "state",
-          "simulator only: the world's positions, so the simulated camera renders what the "
-          "simulated arm did"),
+    Topic("world/state", "tdmpc_ros/msg/WorldState", "state",
+          "the task's object and target; in simulation also the physics state, so that the "
+          "simulated camera renders what the simulated arm did"),
     Topic("robot/state", "tdmpc_ros/msg/RobotState", "state",
           "end-effector pose, gripper, joints, ready / stopped / error"),
     Topic("robot/action", "tdmpc_ros/msg/ActionCommand", "command",

@@ -32,6 +32,7 @@ from tdmpc_ros.msg import (
     ModelWeights,
     RobotState,
     Transition,
+    WorldState,
 )
 
 
@@ -342,6 +343,18 @@ def check_robot_state(message: RobotState) -> None:
         raise MessageError(f"RobotState.state: unknown state {message.state}")
 
 
+def check_world_state(message: WorldState) -> None:
+    check_fields(message)
+    for name in ("object_position", "target_position"):
+        point = getattr(message, name)
+        _finite([point.x, point.y, point.z], f"WorldState.{name}")
+    _finite(message.sim_qpos, "WorldState.sim_qpos")
+    _finite(message.sim_mocap_pos, "WorldState.sim_mocap_pos")
+    if len(message.sim_mocap_pos) % 3:
+        raise MessageError(f"WorldState.sim_mocap_pos: {len(message.sim_mocap_pos)} values, "
+                           "not a multiple of 3")
+
+
 CHECKS: dict[type, Callable[[Any], None]] = {
     Transition: check_transition,
     ActionCommand: check_action_command,
@@ -349,6 +362,7 @@ CHECKS: dict[type, Callable[[Any], None]] = {
     ModelWeights: check_model_weights,
     EpisodeEvent: check_episode_event,
     RobotState: check_robot_state,
+    WorldState: check_world_state,
     Image: lambda message: (check_fields(message), check_image(message)),
 }
 

@@ -16,6 +16,7 @@ from tdmpc_ros.msg import (
     ModelWeights,
     RobotState,
     Transition,
+    WorldState,
 )
 
 
@@ -144,6 +145,23 @@ def robot_state() -> RobotState:
     return message
 
 
+def world_state() -> WorldState:
+    message = WorldState()
+    message.header.stamp = stamp()
+    message.header.frame_id = "link_base"
+    message.episode_id = "ep-000003"
+    message.step = 12
+    message.has_object = True
+    message.object_position.x, message.object_position.y = 0.4, 0.05
+    message.object_position.z = 0.02
+    message.has_target = True
+    message.target_position.x, message.target_position.y = 0.45, -0.1
+    message.target_position.z = 0.02
+    message.sim_qpos = [0.1 * index for index in range(15)]
+    message.sim_mocap_pos = [0.3, 0.0, 0.2, 0.45, -0.1, 0.02]
+    return message
+
+
 ALL = {
     "Transition": transition,
     "LatentPlan": latent_plan,
@@ -151,4 +169,5 @@ ALL = {
     "EpisodeEvent": episode_event,
     "ActionCommand": action_command,
     "RobotState": robot_state,
+    "WorldState": world_state,
 }
