@@ -86,11 +86,15 @@ class MujocoArm:
         for step in range(1, total + 1):
             self.data.mocap_pos[self._ee_mocap] = start + (target - start) * (step / total)
             mujoco.mj_step(self.model, self.data)
+        # mj_step leaves positions (xpos) one step behind qpos: bring them up to date, so that
+        # observations, rewards and a mirror of this scene all see the same instant.
+        mujoco.mj_forward(self.model, self.data)
 
     def hold(self, substeps: int = 1) -> None:
         """Let the physics run for ``substeps`` control substeps without moving the target."""
         for _ in range(substeps * self._physics_steps):
             mujoco.mj_step(self.model, self.data)
+        mujoco.mj_forward(self.model, self.data)
 
     def ee_position(self) -> np.ndarray:
         return self.data.xpos[self._tcp].copy()
@@ -134,6 +138,25 @@ class MujocoArm:
         if self._target_mocap is None:
             return None
         return self.data.mocap_pos[self._target_mocap].copy()
+
+    # --- mirroring: a second instance (the camera node's) shows this one's instant --------
+
+    def physics_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Everything rendering depends on: joint positions (qpos) and mocap positions (N x 3)."""
+        return self.data.qpos.copy(), self.data.mocap_pos.copy()
+
+    def set_physics_positions(self, qpos: np.ndarray, mocap_pos: np.ndarray) -> None:
+        """Put this scene in the state ``physics_positions`` read from another instance."""
+        qpos = np.asarray(qpos, dtype=np.float64)
+        mocap_pos = np.asarray(mocap_pos, dtype=np.float64).reshape(-1, 3)
+        if qpos.shape != self.data.qpos.shape or mocap_pos.shape != self.data.mocap_pos.shape:
+            raise ValueError(
+                f"physics positions of shape {qpos.shape} and {mocap_pos.shape} do not fit the "
+                f"{self.spec.name!r} scene ({self.data.qpos.shape}, {self.data.mocap_pos.shape})"
+            )
+        self.data.qpos[:] = qpos
+        self.data.mocap_pos[:] = mocap_pos
+        mujoco.mj_forward(self.model, self.data)
 
     # --- camera -----------------------------------------------------------------------------
 

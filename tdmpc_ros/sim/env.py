@@ -78,28 +78,7 @@ class XArmTaskEnv(gymnasium.Env):
         if seed is None and self._first_seed is not None:
             seed, self._first_seed = self._first_seed, None
         super().reset(seed=seed)
-        spec = self.task_spec
-        self.arm.reset(spec.home_position, spec.home_gripper)
-        rng = self.np_random
-        object_position = None
-        if spec.uses_object:
-            assert spec.object_region is not None
-            object_position = spec.object_region.sample(rng)
-            object_position[2] = spec.object_rest_z
-            self.arm.place_object(object_position)
-        if spec.uses_target:
-            assert spec.target_region is not None
-            target = spec.target_region.sample(rng)
-            while object_position is not None and not (
-                spec.min_object_target_distance_m
-                <= np.linalg.norm(target[:2] - object_position[:2])
-                <= spec.max_object_target_distance_m
-            ):
-                target = spec.target_region.sample(rng)
-            if spec.uses_object:  # a goal for the cube: on the table, at the cube's height
-                target[2] = spec.object_rest_z
-            self.arm.place_target(target)
-        self.arm.hold(1)  # let the cube settle on the table before the first observation
+        reset_scene(self.arm, self.np_random)
         self._steps = 0
         return self._observation(), self.evaluate()[1]
 
@@ -146,3 +125,32 @@ class XArmTaskEnv(gymnasium.Env):
         if self.render_pixels:
             observation["pixels"] = self.arm.render(IMAGE_SIZE, IMAGE_SIZE)
         return observation
+
+
+def reset_scene(arm: MujocoArm, rng: np.random.Generator) -> None:
+    """The arm to its home pose, the task's cube and target to random places, settled.
+
+    Shared by the gymnasium envs and the robot driver's simulator backend, so both start
+    episodes from the same distribution.
+    """
+    spec = arm.spec
+    arm.reset(spec.home_position, spec.home_gripper)
+    object_position = None
+    if spec.uses_object:
+        assert spec.object_region is not None
+        object_position = spec.object_region.sample(rng)
+        object_position[2] = spec.object_rest_z
+        arm.place_object(object_position)
+    if spec.uses_target:
+        assert spec.target_region is not None
+        target = spec.target_region.sample(rng)
+        while object_position is not None and not (
+            spec.min_object_target_distance_m
+            <= np.linalg.norm(target[:2] - object_position[:2])
+            <= spec.max_object_target_distance_m
+        ):
+            target = spec.target_region.sample(rng)
+        if spec.uses_object:  # a goal for the cube: on the table, at the cube's height
+            target[2] = spec.object_rest_z
+        arm.place_target(target)
+    arm.hold(1)  # let the cube settle on the table before the first observation

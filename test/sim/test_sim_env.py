@@ -204,3 +204,22 @@ def test_images_show_where_the_cube_is() -> None:
     after = np.argwhere(red_pixels_mask(moved)).mean(axis=0)
     assert after[1] - before[1] > 5  # +y is to the right in the image, by several pixels
     env.close()
+
+
+def test_a_mirror_renders_exactly_what_the_original_shows() -> None:
+    """The camera node renders from a mirror of the driver's scene (physics positions only)."""
+    from tdmpc_ros.sim.arm import MujocoArm
+    from tdmpc_ros.sim.env import reset_scene
+    from tdmpc_ros.tasks import get_task
+
+    spec = get_task("push")
+    original, mirror = MujocoArm(spec), MujocoArm(spec)
+    reset_scene(original, np.random.default_rng(3))
+    original.move_to(original.ee_position() + np.array([0.02, -0.02, -0.02]), 0.0)
+    assert not np.array_equal(original.render(), mirror.render())
+    mirror.set_physics_positions(*original.physics_positions())
+    np.testing.assert_array_equal(original.render(), mirror.render())
+    with pytest.raises(ValueError, match="do not fit"):
+        mirror.set_physics_positions(np.zeros(3), np.zeros((1, 3)))
+    original.close()
+    mirror.close()
