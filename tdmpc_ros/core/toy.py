@@ -1,11 +1,12 @@
 """A point mass that must reach a goal: a fast gymnasium task for tests and experiments.
 
-State (6,): position (2), velocity (2), goal (2), all in [-1, 1]. Action (2,) in [-1, 1]
-accelerates the mass; velocity is damped, position is clipped to the arena. Reward is the
-negative distance to the goal after the step; reaching within ``goal_radius`` terminates the
-episode with success, otherwise it is truncated after ``max_steps``. With
-``observation="dict"`` the observation is the project's dict: ``state`` (6,), ``proprio``
-(position and velocity, 4,) and ``pixels`` (84, 84, 3) uint8, a top view.
+State (6,): position (2), velocity (2), goal (2), all in [-1, 1]; goals are drawn from the box
+``goal_low``..``goal_high`` (a narrower box makes a dataset that an online phase must extend).
+Action (2,) in [-1, 1] accelerates the mass; velocity is damped, position is clipped to the
+arena. Reward is the negative distance to the goal after the step; reaching within
+``goal_radius`` terminates the episode with success, otherwise it is truncated after
+``max_steps``. With ``observation="dict"`` the observation is the project's dict: ``state``
+(6,), ``proprio`` (position and velocity, 4,) and ``pixels`` (84, 84, 3) uint8, a top view.
 
 ``expert_action`` is a scripted controller for making offline datasets (add noise to it).
 """
@@ -29,6 +30,8 @@ class PointMassEnv(gym.Env):
 
     def __init__(self, observation: str = "state", max_steps: int = 25, goal_radius: float = 0.1,
                  damping: float = 0.5, step_size: float = 0.15, image_size: int = 84,
+                 goal_low: tuple[float, float] = (-0.8, -0.8),
+                 goal_high: tuple[float, float] = (0.8, 0.8),
                  render_mode: str | None = "rgb_array") -> None:
         if observation not in ("state", "dict"):
             raise ValueError(f"observation must be 'state' or 'dict', got {observation!r}")
@@ -38,6 +41,8 @@ class PointMassEnv(gym.Env):
         self.damping = damping
         self.step_size = step_size
         self.image_size = image_size
+        self.goal_low = np.asarray(goal_low, np.float32)
+        self.goal_high = np.asarray(goal_high, np.float32)
         self.render_mode = render_mode
         state_space = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
         if observation == "state":
@@ -59,9 +64,9 @@ class PointMassEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.position = self.np_random.uniform(-0.9, 0.9, 2).astype(np.float32)
-        self.goal = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
+        self.goal = self.np_random.uniform(self.goal_low, self.goal_high).astype(np.float32)
         while np.linalg.norm(self.goal - self.position) < 0.4:
-            self.goal = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)
+            self.goal = self.np_random.uniform(self.goal_low, self.goal_high).astype(np.float32)
         self.velocity[:] = 0.0
         self.steps = 0
         return self._observation(), {"success": False}
@@ -95,10 +100,12 @@ class PointMassEnv(gym.Env):
         return {"state": state, "proprio": state[:4].copy(), "pixels": self.render()}
 
 
-def expert_action(state: np.ndarray, gain: float = 1.5) -> np.ndarray:
-    """A PD controller towards the goal, good enough to reach it in most episodes."""
+def expert_action(state: np.ndarray, max_action: float = 1.0, damping: float = 0.5,
+                  step_size: float = 0.15) -> np.ndarray:
+    """A controller towards the goal with actions limited to ``max_action`` per axis."""
     position, velocity, goal = state[:2], state[2:4], state[4:6]
-    return np.clip(gain * (goal - position) / 0.15 - 0.5 * velocity, -1.0, 1.0).astype(np.float32)
+    wanted = (goal - position) / step_size - damping * velocity  # the velocity that lands on it
+    return np.clip(wanted, -max_action, max_action).astype(np.float32)
 
 
 def as_observation_dict(observation) -> dict[str, np.ndarray]:
@@ -139,8 +146,9 @@ def collect_episode(env: gym.Env, policy: Callable[[dict[str, np.ndarray]], np.n
 
 def noisy_expert_dataset(num_episodes: int, noise: float, seed: int = 0,
                          observation: str = "state", random_share: float = 0.0,
-                         **env_kwargs) -> list[Episode]:
-    """Episodes of the expert with Gaussian action noise; ``random_share`` of them random."""
+                         max_action: float = 1.0, **env_kwargs) -> list[Episode]:
+    """Episodes of the expert (actions up to ``max_action``) with Gaussian action noise;
+    ``random_share`` of them with uniformly random actions instead."""
     env = PointMassEnv(observation=observation, **env_kwargs)
     rng = np.random.default_rng(seed)
     episodes = []
@@ -150,7 +158,8 @@ def noisy_expert_dataset(num_episodes: int, noise: float, seed: int = 0,
                 return rng.uniform(-1.0, 1.0, 2)
         else:
             def policy(obs):
-                return expert_action(obs["state"]) + noise * rng.standard_normal(2)
+                action = expert_action(obs["state"], max_action, env.damping, env.step_size)
+                return action + noise * rng.standard_normal(2)
         episodes.append(collect_episode(env, policy, f"pm_{seed}_{index:05d}", seed=seed + index))
     return episodes
 
