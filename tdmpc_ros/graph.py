@@ -157,6 +157,10 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("device", "auto", "where the planner and learner run: auto (CUDA when "
                    "there is a GPU), cpu, cuda or cuda:N"),
     LaunchArgument("namespace", "", "ROS namespace for every node and topic (one per arm)"),
+    LaunchArgument("run_dir", "runs/stack", "where the run's episodes, checkpoints, summary "
+                   "and plots go; a restarted stack with the same run_dir carries on"),
+    LaunchArgument("dataset", "", "the offline dataset the learner samples half of each batch "
+                   "from (empty: data/<task>, as made by `make demo`)"),
     LaunchArgument("use_sim_time", "false", "take time from /clock (Gazebo) instead of the "
                    "wall clock", ("true", "false")),
 )
@@ -189,14 +193,18 @@ CAMERA_SOURCE = {"sim": "sim", "gazebo": "ros_topic", "real": "realsense"}
 def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]:
     """The parameters a node takes from the launch arguments, as strings (both launchers pass
     them as ``name:=value`` overrides on top of the node's YAML file)."""
-    backend = arguments["backend"]
+    backend, run_dir = arguments["backend"], arguments["run_dir"]
+    store = f"{run_dir}/episodes"
     parameters = {"task": arguments["task"], "use_sim_time": arguments["use_sim_time"]}
     parameters.update({
         "camera": {"source": CAMERA_SOURCE[backend]},
         "robot_driver": {"backend": backend},
         "planner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"]},
-        "replay_recorder": {"backend": backend},
-        "learner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"]},
-        "trial_supervisor": {"trials": arguments["trials"], "backend": backend},
+        "replay_recorder": {"backend": backend, "store": store},
+        "learner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"],
+                    "dataset": arguments["dataset"] or f"data/{arguments['task']}",
+                    "store": store, "run_dir": run_dir},
+        "trial_supervisor": {"trials": arguments["trials"], "backend": backend,
+                             "run_dir": run_dir},
     }[node.name])
     return parameters

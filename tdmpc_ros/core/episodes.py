@@ -170,6 +170,7 @@ def save_episode(episode: Episode, directory: str | os.PathLike[str]) -> Path:
         with os.fdopen(descriptor, "wb") as handle:
             np.savez_compressed(handle, **arrays)
             handle.flush()
+            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes it private; episodes are data
             os.fsync(handle.fileno())
         os.replace(temporary, final_path)
     except BaseException:

@@ -1,0 +1,57 @@
+"""Start the whole stack: ``ros2 launch tdmpc_ros tdmpc.launch.py backend:=sim task:=reach``.
+
+Every launch argument, node, executable and parameter file comes from ``tdmpc_ros.graph``, which
+the project's own launcher (``python -m tdmpc_ros.launcher``) reads too. `ros2 launch
+tdmpc_ros tdmpc.launch.py --show-args` lists the arguments with their descriptions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+from tdmpc_ros import graph
+
+
+def _typed(value: str) -> object:
+    """Launch arguments are strings; parameters get the type YAML gives them (as with -p)."""
+    return yaml.safe_load(value) if value else value
+
+
+def _nodes(context, *_, **__) -> list[Node]:
+    arguments = graph.check_launch_arguments({
+        argument.name: LaunchConfiguration(argument.name).perform(context)
+        for argument in graph.LAUNCH_ARGUMENTS
+    })
+    config = Path(get_package_share_directory(graph.PACKAGE)) / "config"
+    return [
+        Node(
+            package=graph.PACKAGE,
+            executable=node.executable,
+            name=node.name,
+            namespace=arguments["namespace"],
+            parameters=[str(config / node.parameters),
+                        {name: _typed(value)
+                         for name, value in graph.node_parameters(node, arguments).items()}],
+            output="screen",
+            emulate_tty=True,
+            on_exit=Shutdown(reason=f"{node.name} finished") if node.required else None,
+        )
+        for node in graph.NODES
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    declared = [
+        DeclareLaunchArgument(argument.name, default_value=argument.default,
+                              description=argument.description,
+                              choices=list(argument.choices) or None)
+        for argument in graph.LAUNCH_ARGUMENTS
+    ]
+    return LaunchDescription([*declared, OpaqueFunction(function=_nodes)])

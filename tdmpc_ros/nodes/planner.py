@@ -1,0 +1,236 @@
+"""The planner: world model plus uncertainty-regularised MPPI, one plan per observation.
+
+Subscribes: robot/state, world/state, camera/image_raw (pixel models), learner/weights.
+Publishes: robot/action, planner/plan (LatentPlan), planner/plan_markers (rviz).
+
+New weights are checked (sha256 by interfaces, then shapes and finite values by the checkpoint
+loader) and swapped in by the same single-threaded executor that plans, so a swap always falls
+between two plans and never costs one. Bad weights are refused; the old ones stay.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Point
+from rclpy.node import Node
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+from tdmpc_ros.core.agent import Agent
+from tdmpc_ros.core.checkpoint import CheckpointError
+from tdmpc_ros.core.planner import PlanSummary
+from tdmpc_ros.interfaces import publish_checked
+from tdmpc_ros.msg import ActionCommand, LatentPlan, ModelWeights, RobotState
+from tdmpc_ros.nodes.common import (
+    ERROR,
+    OK,
+    WARN,
+    ConfigError,
+    Diagnostics,
+    param,
+    publisher,
+    read_parameters,
+    repo_or_share,
+    run,
+    stamp_seconds,
+    subscribe,
+)
+from tdmpc_ros.nodes.observations import Observation, ObservationAssembler
+from tdmpc_ros.tasks import action_to_target, get_task
+
+
+@dataclass
+class PlannerParams:
+    task: str = param("task to plan for")
+    checkpoint: str = param("checkpoint to start from; empty: models/<task>-state.safetensors")
+    device: str = param("auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
+    num_samples: int = param("MPPI samples per iteration (the paper: 512)")
+    iterations: int = param("MPPI iterations per plan (the paper: 6)")
+    uncertainty_coef: float = param("lambda: weight of the Q-ensemble std penalty (0: off)")
+    explore: bool = param("add the planner's exploration noise to the action (online trials)")
+    max_observation_age_s: float = param("skip an observation older than this (s); 0: never")
+    base_frame: str = param("frame of the plan markers")
+
+    def __post_init__(self) -> None:
+        get_task(self.task)
+        if self.num_samples < 8 or self.iterations < 1:
+            raise ValueError("num_samples must be >= 8 and iterations >= 1")
+        if self.uncertainty_coef < 0:
+            raise ValueError(f"uncertainty_coef must be >= 0, got {self.uncertainty_coef}")
+
+
+def resolve_checkpoint(task: str, checkpoint: str) -> str:
+    if checkpoint:
+        return checkpoint
+    shipped = repo_or_share(f"models/{task}-state.safetensors")
+    if not shipped.exists():
+        raise ConfigError(f"no checkpoint given and no shipped model at {shipped}")
+    return str(shipped)
+
+
+class Planner(Node):
+    def __init__(self) -> None:
+        super().__init__("planner")
+        self.params = read_parameters(self, PlannerParams)
+        self.spec = get_task(self.params.task)
+        path = resolve_checkpoint(self.params.task, self.params.checkpoint)
+        overrides = {"device": self.params.device,
+                     "planner.num_samples": self.params.num_samples,
+                     "planner.iterations": self.params.iterations,
+                     "planner.num_elites": min(50, max(2, self.params.num_samples // 10)),
+                     "planner.uncertainty_coef": self.params.uncertainty_coef}
+        try:
+            self.agent = Agent.from_checkpoint(path, acting_only=True, overrides=overrides)
+        except (CheckpointError, FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"cannot load checkpoint {path}: {error}") from error
+        self.need_pixels = "pixels" in self.agent.model.obs_keys
+        self.assembler = ObservationAssembler(need_world=True, need_image=self.need_pixels)
+        self.episode_id = ""
+        self.plans = 0
+        self.skipped_stale = 0
+        self.weights_refused = 0
+        self.last_weights_error = ""
+        self.plan_ms: list[float] = []
+        self.action_publisher = publisher(self, "robot/action")
+        self.plan_publisher = publisher(self, "planner/plan")
+        self.marker_publisher = publisher(self, "planner/plan_markers")
+        subscribe(self, "robot/state", self.on_message)
+        subscribe(self, "world/state", self.on_message)
+        if self.need_pixels:
+            subscribe(self, "camera/image_raw", self.on_message)
+        subscribe(self, "learner/weights", self.on_weights, self.on_bad_weights)
+        Diagnostics(self, self.diagnostics)
+        self.get_logger().info(
+            f"model {path} (weights version {self.agent.model.weights_version}, inputs "
+            f"{list(self.agent.model.obs_keys)}), {self.params.num_samples} samples x "
+            f"{self.params.iterations} iterations, lambda {self.params.uncertainty_coef}, "
+            f"device {self.agent.device}")
+
+    # --- weights -------------------------------------------------------------------------------
+
+    def on_weights(self, message: ModelWeights) -> None:
+        if message.version <= self.agent.model.weights_version:
+            return  # an older or the same version (e.g. the latched one again)
+        try:
+            self.agent.load_weights(bytes(message.payload))
+        except (CheckpointError, ValueError, RuntimeError) as error:
+            self.on_bad_weights(message, error)
+            return
+        self.agent.model.weights_version = int(message.version)
+        self.get_logger().info(f"now planning with weights version {message.version} "
+                               f"(learner step {message.learner_step})")
+
+    def on_bad_weights(self, message: Any, error: Exception) -> None:
+        self.weights_refused += 1
+        self.last_weights_error = f"version {getattr(message, 'version', '?')}: {error}"
+        self.get_logger().error(f"refused weights {self.last_weights_error}; keeping version "
+                                f"{self.agent.model.weights_version}")
+
+    # --- planning ------------------------------------------------------------------------------
+
+    def on_message(self, message: Any) -> None:
+        observation = self.assembler.add(message)
+        if observation is None or observation.robot.state != RobotState.STATE_READY:
+            return
+        if observation.robot.step >= self.spec.episode_length:
+            return
+        age = stamp_seconds(self.get_clock().now().to_msg()) - stamp_seconds(observation.stamp)
+        if self.params.max_observation_age_s and age > self.params.max_observation_age_s:
+            self.skipped_stale += 1
+            self.get_logger().warning(f"skipped an observation {age:.2f} s old",
+                                      throttle_duration_sec=2.0)
+            return
+        self.plan(observation)
+
+    def plan(self, observation: Observation) -> None:
+        if observation.robot.episode_id != self.episode_id:
+            self.episode_id = observation.robot.episode_id
+            self.agent.reset()
+        started = time.perf_counter()
+        action, summary = self.agent.act(observation.model_inputs(self.spec),
+                                         explore=self.params.explore)
+        command = ActionCommand()
+        command.header.stamp = observation.stamp  # the observation's: latency is measurable
+        command.header.frame_id = self.params.base_frame
+        command.episode_id, command.step = observation.key
+        command.action = np.clip(action, -1.0, 1.0).astype(np.float32).tolist()
+        command.weights_version = int(self.agent.model.weights_version)
+        publish_checked(self.action_publisher, command)
+        self.plans += 1
+        self.plan_ms.append((time.perf_counter() - started) * 1000)
+        self.plan_ms = self.plan_ms[-200:]
+        publish_checked(self.plan_publisher, self.plan_message(observation, summary))
+        self.marker_publisher.publish(self.markers(observation, summary))
+
+    def plan_message(self, observation: Observation, summary: PlanSummary) -> LatentPlan:
+        message = LatentPlan()
+        message.header.stamp = observation.stamp
+        message.header.frame_id = self.params.base_frame
+        message.episode_id, message.step = observation.key
+        message.weights_version = int(self.agent.model.weights_version)
+        horizon, action_dim = summary.actions.shape
+        message.horizon, message.action_dim = horizon, action_dim
+        message.latent_dim = summary.latents.shape[1]
+        message.actions = summary.actions.astype(np.float32).ravel().tolist()
+        message.action_std = summary.std.astype(np.float32).ravel().tolist()
+        message.predicted_reward = summary.rewards.astype(np.float32).tolist()
+        message.q_mean = summary.q_mean.astype(np.float32).tolist()
+        message.q_std = summary.q_std.astype(np.float32).tolist()
+        message.uncertainty_lambda = float(summary.uncertainty_coef)
+        message.uncertainty_penalty = float(summary.uncertainty_penalty)
+        message.score = float(summary.score)
+        message.expected_return = float(summary.expected_return)
+        message.latent_trajectory = summary.latents.astype(np.float32).ravel().tolist()
+        nanoseconds = int(summary.plan_ms * 1e6)
+        message.planning_time = Duration(sec=nanoseconds // 10**9, nanosec=nanoseconds % 10**9)
+        message.iterations = int(summary.iterations)
+        message.num_samples = int(summary.num_samples)
+        message.num_policy_samples = int(summary.num_policy_trajectories)
+        message.device = summary.device
+        return message
+
+    def markers(self, observation: Observation, summary: PlanSummary) -> MarkerArray:
+        """The planned end-effector path: the plan's xyz deltas through the driver's own
+        action_to_target from the current pose, each point coloured green (certain) to red
+        (uncertain) by the Q-ensemble std at that step."""
+        position = observation.positions()["ee_pos"]
+        points = [position]
+        for action in summary.actions:
+            position, _ = action_to_target(np.clip(action, -1, 1), position, self.spec)
+            points.append(position)
+        spread = summary.q_std[: len(points)]
+        scale = max(float(spread.max()), 1e-6)
+        path = Marker(type=Marker.LINE_STRIP, action=Marker.ADD, ns="planned_path", id=0)
+        path.header.stamp = observation.stamp
+        path.header.frame_id = self.params.base_frame
+        path.scale.x = 0.005
+        path.pose.orientation.w = 1.0
+        path.lifetime = Duration(sec=1)
+        for point, uncertainty in zip(points, spread, strict=False):
+            path.points.append(Point(x=float(point[0]), y=float(point[1]), z=float(point[2])))
+            share = float(uncertainty) / scale
+            path.colors.append(ColorRGBA(r=share, g=1.0 - share, b=0.0, a=1.0))
+        return MarkerArray(markers=[path])
+
+    def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
+        level = ERROR if self.weights_refused and not self.plans else (
+            WARN if self.weights_refused or self.skipped_stale else OK)
+        median = float(np.median(self.plan_ms)) if self.plan_ms else 0.0
+        return level, f"{self.plans} plans, weights v{self.agent.model.weights_version}", {
+            "plans": self.plans, "plan_ms_median": f"{median:.1f}",
+            "weights_version": self.agent.model.weights_version,
+            "weights_refused": self.weights_refused, "last_weights_error":
+            self.last_weights_error, "skipped_stale": self.skipped_stale}
+
+
+def main() -> None:
+    run(Planner)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""The replay recorder: every executed step, once, on disk and on the transitions topic.
+
+A step is recorded when the observation that followed its action arrives (robot state, world
+state and camera frame of the same instant). Reward and success come from the task's own
+function (``tasks.reward_and_success``), the one the trial supervisor judges by.
+
+Nothing is lost if a process is killed: after every step the episode so far is rewritten
+atomically (temporary file, fsync, rename) to ``<store>/partial/``; at the episode's end it
+moves to ``<store>/`` as one episode file. A restarted recorder reads its partial episodes back
+and carries on: an episode still running continues where it stopped; one that ended meanwhile
+is closed as truncated.
+
+Subscribes: robot/state, world/state, camera/image_raw, robot/action, trial/events.
+Publishes: replay/transitions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rclpy.node import Node
+
+from tdmpc_ros.core.episodes import Episode, EpisodeFormatError, load_episode, save_episode
+from tdmpc_ros.interfaces import image_to_msg, publish_checked
+from tdmpc_ros.msg import ActionCommand, EpisodeEvent, Transition
+from tdmpc_ros.nodes.common import (
+    OK,
+    WARN,
+    Diagnostics,
+    param,
+    publisher,
+    read_parameters,
+    run,
+    subscribe,
+)
+from tdmpc_ros.nodes.observations import Observation, ObservationAssembler
+from tdmpc_ros.tasks import get_task
+
+ENDING_GRACE_S = 5.0
+SOURCES = {"sim": Transition.SOURCE_SIM, "real": Transition.SOURCE_REAL,
+           "gazebo": Transition.SOURCE_GAZEBO}
+
+
+@dataclass
+class RecorderParams:
+    task: str = param("task being recorded")
+    backend: str = param("sim, real or gazebo: the transitions' source")
+    store: str = param("episode store directory (episode files; partial/ for running ones)")
+    record_images: bool = param("keep camera frames in episodes and transitions")
+
+    def __post_init__(self) -> None:
+        get_task(self.task)
+        if self.backend not in SOURCES:
+            raise ValueError(f"backend {self.backend!r} is not one of {sorted(SOURCES)}")
+
+
+@dataclass
+class _Running:
+    """The steps of one episode so far, as rows of arrays."""
+
+    episode_id: str
+    first_step: int = 0  # > 0 only when the recorder came up after the episode began
+    observations: list[dict[str, np.ndarray]] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    success: list[bool] = field(default_factory=list)
+    weights_version: list[int] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.actions)
+
+    def episode(self, task: str, source: str, truncated: bool) -> Episode:
+        steps = self.steps
+        ends = np.zeros(steps, bool)
+        if truncated and steps:
+            ends[-1] = True
+        return Episode(
+            observations={key: np.stack([o[key] for o in self.observations])
+                          for key in self.observations[0]},
+            actions=np.stack(self.actions), rewards=self.rewards,
+            terminated=np.zeros(steps, bool), truncated=ends, success=self.success,
+            episode_id=self.episode_id, task=task, source=source,
+            weights_version=self.weights_version, extras={"first_step": self.first_step})
+
+
+class ReplayRecorder(Node):
+    def __init__(self) -> None:
+        super().__init__("replay_recorder")
+        self.params = read_parameters(self, RecorderParams)
+        self.spec = get_task(self.params.task)
+        self.store = Path(self.params.store)
+        self.partial = self.store / "partial"
+        self.partial.mkdir(parents=True, exist_ok=True)
+        self.assembler = ObservationAssembler(need_world=True,
+                                              need_image=self.params.record_images)
+        self.running: dict[str, _Running] = {}
+        self.last_observation: dict[str, Observation] = {}
+        self.actions: dict[tuple[str, int], ActionCommand] = {}
+        self.ended: set[str] = set()
+        self.ending: dict[str, tuple[int, float]] = {}  # episode -> (its length, when it ended)
+        self.recorded = 0
+        self.episodes_written = 0
+        self.write_failures = 0
+        self._resume()
+        self.create_timer(0.5, self._finish_ended)
+        self.transition_publisher = publisher(self, "replay/transitions")
+        subscribe(self, "robot/action", self.on_action)
+        subscribe(self, "trial/events", self.on_event)
+        subscribe(self, "robot/state", self.on_observation_part)
+        subscribe(self, "world/state", self.on_observation_part)
+        if self.params.record_images:
+            subscribe(self, "camera/image_raw", self.on_observation_part)
+        Diagnostics(self, self.diagnostics)
+        self.get_logger().info(f"recording to {self.store}")
+
+    # --- restart -------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        """Partial episodes of an earlier run of this node come back into memory."""
+        for path in sorted(self.partial.glob("*.npz")):
+            try:
+                episode = load_episode(path)
+            except EpisodeFormatError as error:
+                self.get_logger().error(f"unreadable partial episode kept aside: {error}")
+                path.rename(path.with_suffix(".unreadable"))
+                continue
+            running = _Running(episode.episode_id, int(episode.extras.get("first_step", 0)))
+            running.observations = [{key: value[index] for key, value in
+                                     episode.observations.items()}
+                                    for index in range(episode.length + 1)]
+            running.actions = list(episode.actions)
+            running.rewards = list(map(float, episode.rewards))
+            running.success = list(map(bool, episode.success))
+            running.weights_version = list(map(int, episode.weights_version))
+            self.running[episode.episode_id] = running
+            self.get_logger().info(f"resumed {episode.episode_id} at step "
+                                   f"{running.first_step + episode.length}")
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def on_action(self, command: ActionCommand) -> None:
+        self.actions.setdefault((command.episode_id, command.step), command)
+        if len(self.actions) > 512:
+            for key in list(self.actions)[:256]:
+                del self.actions[key]
+
+    def on_event(self, event: EpisodeEvent) -> None:
+        if event.event == EpisodeEvent.END and event.episode_id not in self.ended:
+            # The END can overtake the last step's camera frame: finish once that step is in,
+            # or after a grace period.
+            self.ending[event.episode_id] = (event.length, time.monotonic())
+            self._finish_ended()
+        elif event.event == EpisodeEvent.START:
+            # An episode still open, not ending and not this one, ended while we were away.
+            for episode_id in list(self.running):
+                if episode_id != event.episode_id and episode_id not in self.ending:
+                    self.ending[episode_id] = (0, time.monotonic())
+
+    def _finish_ended(self) -> None:
+        now = time.monotonic()
+        for episode_id, (length, since) in list(self.ending.items()):
+            running = self.running.get(episode_id)
+            recorded = running.first_step + running.steps if running else length
+            if recorded >= length or now - since > ENDING_GRACE_S:
+                del self.ending[episode_id]
+                self.ended.add(episode_id)
+                self._finish(episode_id, truncated=True)
+
+    def on_observation_part(self, message: Any) -> None:
+        observation = self.assembler.add(message)
+        if observation is None or not observation.robot.episode_id:
+            return
+        episode_id, step = observation.key
+        if episode_id in self.ended:
+            return
+        running = self.running.get(episode_id)
+        if running is None:
+            if step != 0:
+                self.get_logger().warning(f"{episode_id}: first seen at step {step}; its "
+                                          "earlier steps are lost to this recorder")
+            running = self.running[episode_id] = _Running(episode_id, first_step=step)
+            running.observations.append(self._inputs(observation))
+            self.last_observation[episode_id] = observation
+            return
+        if step != running.first_step + running.steps + 1:
+            return  # a repeat of a step already recorded, or a gap: never record twice
+        command = self.actions.get((episode_id, step - 1))
+        if command is None:
+            self.get_logger().error(f"{episode_id}: no action seen for step {step - 1}")
+            return
+        self._record(running, self.last_observation.get(episode_id), observation, command)
+
+    # --- recording -----------------------------------------------------------------------------
+
+    def _inputs(self, observation: Observation) -> dict[str, np.ndarray]:
+        inputs = observation.model_inputs(self.spec)
+        return inputs
+
+    def _record(self, running: _Running, before: Observation | None, after: Observation,
+                command: ActionCommand) -> None:
+        reward, success = after.reward_and_success(self.spec)
+        running.observations.append(self._inputs(after))
+        running.actions.append(np.asarray(command.action, np.float32))
+        running.rewards.append(float(reward))
+        running.success.append(bool(success))
+        running.weights_version.append(int(command.weights_version))
+        last = after.robot.step >= self.spec.episode_length
+        self._write(running, self.partial, truncated=False)
+        self.recorded += 1
+        self.last_observation[running.episode_id] = after
+        publish_checked(self.transition_publisher,
+                        self._transition(running, before, after, last))
+        if running.episode_id in self.ending:
+            self._finish_ended()
+
+    def _transition(self, running: _Running, before: Observation | None, after: Observation,
+                    last: bool) -> Transition:
+        now, then = running.observations[-1], running.observations[-2]
+        message = Transition()
+        message.header.stamp = after.stamp
+        message.header.frame_id = after.robot.header.frame_id
+        message.episode_id = running.episode_id
+        message.step = running.first_step + running.steps - 1
+        message.task = self.spec.name
+        message.source = SOURCES[self.params.backend]
+        message.proprio, message.next_proprio = then["proprio"].tolist(), now["proprio"].tolist()
+        message.state, message.next_state = then["state"].tolist(), now["state"].tolist()
+        if "pixels" in now:
+            stamp = before.stamp if before is not None else after.stamp
+            message.image = image_to_msg(then["pixels"], "rgb8", "camera", stamp)
+            message.next_image = image_to_msg(now["pixels"], "rgb8", "camera", after.stamp)
+        message.action = running.actions[-1].tolist()
+        message.reward = running.rewards[-1]
+        message.truncated = last
+        message.success = running.success[-1]
+        message.weights_version = running.weights_version[-1]
+        return message
+
+    def _write(self, running: _Running, directory: Path, truncated: bool) -> None:
+        if not running.steps:
+            return
+        try:
+            save_episode(running.episode(self.spec.name, self.params.backend, truncated),
+                         directory)
+        except OSError as error:  # a full disk must not lose what is in memory: say so
+            self.write_failures += 1
+            self.get_logger().error(f"cannot write {running.episode_id}: {error}")
+
+    def _finish(self, episode_id: str, truncated: bool) -> None:
+        running = self.running.pop(episode_id, None)
+        self.last_observation.pop(episode_id, None)
+        if running is None or not running.steps:
+            return
+        self._write(running, self.store, truncated=truncated)
+        (self.partial / f"{episode_id}.npz").unlink(missing_ok=True)
+        self.episodes_written += 1
+        self.get_logger().info(f"wrote {episode_id}: {running.steps} steps, success "
+                               f"{any(running.success)}")
+
+    def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
+        level = WARN if self.write_failures else OK
+        return level, f"{self.recorded} steps, {self.episodes_written} episodes", {
+            "steps_recorded": self.recorded, "episodes_written": self.episodes_written,
+            "running": ",".join(self.running), "write_failures": self.write_failures}
+
+    def close(self) -> None:
+        for running in self.running.values():  # keep what we have; a restart resumes it
+            self._write(running, self.partial, truncated=False)
+
+
+def main() -> None:
+    run(ReplayRecorder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""The trial supervisor: starts each trial, judges it, ends it, and counts.
+
+A trial starts with an EpisodeEvent START (the driver resets on it). Each robot state of the
+episode is judged by the task's own function (``tasks.reward_and_success``); the episode ends
+after the task's length (or ``max_steps``), or when no step arrives for ``step_timeout_s``
+(stale input). After ``trials`` trials it prints a summary, writes ``summary.json`` and a plot
+(success and weights version by trial) into ``run_dir``, and exits; the launcher then stops the
+rest of the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rclpy.node import Node
+
+from tdmpc_ros import graph
+from tdmpc_ros.interfaces import publish_checked
+from tdmpc_ros.msg import ActionCommand, EpisodeEvent, RobotState
+from tdmpc_ros.nodes.common import (
+    OK,
+    WARN,
+    Diagnostics,
+    param,
+    publisher,
+    read_parameters,
+    run,
+    subscribe,
+)
+from tdmpc_ros.nodes.observations import ObservationAssembler
+from tdmpc_ros.tasks import get_task
+
+
+@dataclass
+class SupervisorParams:
+    task: str = param("task of the trials")
+    trials: int = param("trials to run, then stop")
+    backend: str = param("sim, real or gazebo (shown in the summary)")
+    max_steps: int = param("steps per trial; 0: the task's episode length")
+    run_dir: str = param("where summary.json and trials.png go")
+    step_timeout_s: float = param("end a trial as stale when no step arrives for this long (s)")
+    startup_timeout_s: float = param("give up when the robot and planner are not up by then (s)")
+
+    def __post_init__(self) -> None:
+        spec = get_task(self.task)
+        if self.trials < 1:
+            raise ValueError(f"trials must be >= 1, got {self.trials}")
+        if not 0 <= self.max_steps <= spec.episode_length:
+            raise ValueError(f"max_steps must be in [0, {spec.episode_length}]")
+
+
+@dataclass
+class Trial:
+    number: int
+    episode_id: str
+    started: float
+    steps: int = 0
+    episode_return: float = 0.0
+    success: bool = False
+    weights_version: int = -1
+    last_step_time: float = 0.0
+
+
+class TrialSupervisor(Node):
+    def __init__(self) -> None:
+        super().__init__("trial_supervisor")
+        self.params = read_parameters(self, SupervisorParams)
+        self.spec = get_task(self.params.task)
+        self.steps_per_trial = self.params.max_steps or self.spec.episode_length
+        self.run_id = time.strftime("%Y%m%d-%H%M%S")
+        self.assembler = ObservationAssembler(need_world=True, need_image=False)
+        self.trial: Trial | None = None
+        self.results: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+        self.waiting_for = "the graph"
+        self.ready_since: float | None = None
+        self.event_publisher = publisher(self, "trial/events")
+        subscribe(self, "robot/state", self.on_message)
+        subscribe(self, "world/state", self.on_message)
+        subscribe(self, "robot/action", self.on_action)
+        self.create_timer(0.2, self.tick)
+        Diagnostics(self, self.diagnostics)
+        self.get_logger().info(f"{self.params.trials} trials of {self.spec.name}, "
+                               f"{self.steps_per_trial} steps each, on {self.params.backend}")
+
+    # --- the trial loop ------------------------------------------------------------------------
+
+    def graph_ready(self) -> bool:
+        """Every node of the graph is up (so no one misses the first step of the first trial)."""
+        present = set(self.get_node_names())
+        missing = [node.name for node in graph.NODES if node.name not in present]
+        if missing:
+            self.waiting_for = ", ".join(missing)
+            return False
+        return self.count_publishers("robot/action") > 0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.trial is None:
+            if not self.graph_ready():
+                self.ready_since = None
+            elif self.ready_since is None:
+                self.ready_since = now  # give DDS a moment to match every pair
+            elif now - self.ready_since >= 1.0:
+                self.start_trial(len(self.results) + 1)
+            if self.trial is None and now - self.started > self.params.startup_timeout_s:
+                self.get_logger().error(f"not up after {self.params.startup_timeout_s:.0f} s: "
+                                        f"{self.waiting_for}")
+                raise SystemExit(1)
+            return
+        if now - self.trial.last_step_time > self.params.step_timeout_s:
+            self.end_trial(EpisodeEvent.REASON_STALE_INPUT,
+                           f"no step for {self.params.step_timeout_s:.0f} s")
+
+    def start_trial(self, number: int) -> None:
+        episode_id = f"{self.spec.name}-{self.run_id}-trial{number:03d}"
+        now = time.monotonic()
+        self.trial = Trial(number, episode_id, now, last_step_time=now)
+        self.publish_event(EpisodeEvent.START, EpisodeEvent.REASON_NONE, "")
+
+    def on_action(self, command: ActionCommand) -> None:
+        if self.trial is not None and command.episode_id == self.trial.episode_id:
+            self.trial.weights_version = max(self.trial.weights_version,
+                                             int(command.weights_version))
+
+    def on_message(self, message: Any) -> None:
+        observation = self.assembler.add(message)
+        trial = self.trial
+        if observation is None or trial is None or observation.key[0] != trial.episode_id:
+            return
+        robot = observation.robot
+        trial.last_step_time = time.monotonic()
+        if robot.state == RobotState.STATE_STOPPED:
+            self.end_trial(EpisodeEvent.REASON_SAFETY_STOP, "the robot was stopped")
+            return
+        if robot.step == 0 or robot.step <= trial.steps:
+            return
+        reward, success = observation.reward_and_success(self.spec)
+        trial.steps = robot.step
+        trial.episode_return += reward
+        trial.success = trial.success or success
+        if trial.steps >= self.steps_per_trial:
+            self.end_trial(EpisodeEvent.REASON_TIME_LIMIT, "")
+
+    def end_trial(self, reason: int, detail: str) -> None:
+        trial = self.trial
+        assert trial is not None
+        self.publish_event(EpisodeEvent.END, reason, detail)
+        seconds = time.monotonic() - trial.started
+        self.results.append({"trial": trial.number, "episode_id": trial.episode_id,
+                             "success": trial.success, "return": round(trial.episode_return, 4),
+                             "steps": trial.steps, "weights_version": trial.weights_version,
+                             "seconds": round(seconds, 2), "reason": reason, "detail": detail})
+        successes = sum(result["success"] for result in self.results)
+        print(f"trial {trial.number:>3}/{self.params.trials} | success {int(trial.success)} | "
+              f"return {trial.episode_return:6.2f} | steps {trial.steps:>2} | weights "
+              f"v{trial.weights_version} | {seconds:5.1f} s | successes so far {successes}/"
+              f"{len(self.results)}" + (f" | ended: {detail}" if detail else ""), flush=True)
+        self.trial = None
+        if len(self.results) >= self.params.trials:
+            self.finish()
+        else:
+            self.start_trial(len(self.results) + 1)
+
+    def publish_event(self, kind: int, reason: int, detail: str) -> None:
+        trial = self.trial
+        assert trial is not None
+        event = EpisodeEvent()
+        event.header.stamp = self.get_clock().now().to_msg()
+        event.event = kind
+        event.episode_id, event.task, event.trial = trial.episode_id, self.spec.name, trial.number
+        if kind == EpisodeEvent.END:
+            event.length, event.episode_return = trial.steps, float(trial.episode_return)
+            event.success, event.weights_version = trial.success, trial.weights_version
+        event.reason, event.detail = reason, detail
+        publish_checked(self.event_publisher, event)
+
+    # --- the end -------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        run_dir = Path(self.params.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        successes = sum(result["success"] for result in self.results)
+        summary = {"task": self.spec.name, "backend": self.params.backend,
+                   "trials": len(self.results), "successes": successes,
+                   "success_rate": successes / len(self.results),
+                   "first_half_success": _rate(self.results[: len(self.results) // 2]),
+                   "second_half_success": _rate(self.results[len(self.results) // 2:]),
+                   "weights_versions_used": sorted({r["weights_version"] for r in self.results}),
+                   "minutes": round((time.monotonic() - self.started) / 60, 2),
+                   "results": self.results}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot = run_dir / "trials.png"
+        plot_trials(self.results, plot, f"{self.spec.name} on {self.params.backend}")
+        print(f"\nSummary: {successes}/{len(self.results)} trials succeeded "
+              f"(first half {summary['first_half_success']:.0%}, second half "
+              f"{summary['second_half_success']:.0%}); weights versions used "
+              f"{summary['weights_versions_used']}; {summary['minutes']} min\n"
+              f"  {run_dir / 'summary.json'}\n  {plot}", flush=True)
+        raise SystemExit(0)
+
+    def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
+        trial = self.trial
+        level = WARN if trial is None and not self.results else OK
+        return level, f"{len(self.results)}/{self.params.trials} trials", {
+            "trials_done": len(self.results),
+            "successes": sum(result["success"] for result in self.results),
+            "current": trial.episode_id if trial else "", "step": trial.steps if trial else 0}
+
+
+def _rate(results: list[dict[str, Any]]) -> float:
+    return sum(result["success"] for result in results) / len(results) if results else 0.0
+
+
+def plot_trials(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Success by trial (with a running mean) and the weights version each trial used."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = [result["trial"] for result in results]
+    success = [float(result["success"]) for result in results]
+    running = [sum(success[: index + 1]) / (index + 1) for index in range(len(success))]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    top.bar(trials, success, color="#9ecae1", label="trial success")
+    top.plot(trials, running, color="#08519c", marker="o", label="success rate so far")
+    top.set_ylim(0, 1.05)
+    top.set_ylabel("success")
+    top.legend(loc="upper left")
+    top.set_title(f"Online finetuning: {title}")
+    bottom.step(trials, [result["weights_version"] for result in results], where="mid")
+    bottom.set_ylabel("weights version")
+    bottom.set_xlabel("trial")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    run(TrialSupervisor)
+
+
+if __name__ == "__main__":
+    main()
