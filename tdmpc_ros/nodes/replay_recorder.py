@@ -269,7 +269,9 @@ class ReplayRecorder(Node):
             "running": ",".join(self.running), "write_failures": self.write_failures}
 
     def close(self) -> None:
-        for running in self.running.values():  # keep what we have; a restart resumes it
+        for episode_id in list(self.ending):  # ended: final, even if a frame never came
+            self._finish(episode_id, truncated=True)
+        for running in self.running.values():  # running: kept; a restart resumes it
             self._write(running, self.partial, truncated=False)
 
 

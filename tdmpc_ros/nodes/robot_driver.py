@@ -77,6 +77,7 @@ class RobotDriver(Node):
         self.episode_id = ""
         self.trial = 0
         self.step = 0
+        self.limit = self.spec.episode_length
         self.state = RobotState.STATE_MOVING  # until the first START resets the robot
         self.stop_reason = ""
         self.executed = 0
@@ -97,6 +98,7 @@ class RobotDriver(Node):
         if event.event != EpisodeEvent.START or event.episode_id == self.episode_id:
             return
         self.episode_id, self.trial, self.step = event.episode_id, event.trial, 0
+        self.limit = min(event.length or self.spec.episode_length, self.spec.episode_length)
         self.state = RobotState.STATE_MOVING
         if self.params.backend == "sim":
             from tdmpc_ros.sim.env import reset_scene
@@ -126,9 +128,8 @@ class RobotDriver(Node):
             self._refuse("out_of_order", f"for {command.episode_id} step {command.step}, robot "
                          f"is at {self.episode_id} step {self.step}")
             return
-        if self.step >= self.spec.episode_length:
-            self._refuse("episode_over", f"{self.episode_id} has had its "
-                         f"{self.spec.episode_length} steps")
+        if self.step >= self.limit:
+            self._refuse("episode_over", f"{self.episode_id} has had its {self.limit} steps")
             return
         age = stamp_seconds(self.get_clock().now().to_msg()) - stamp_seconds(command.header.stamp)
         if self.params.max_action_age_s and age > self.params.max_action_age_s:

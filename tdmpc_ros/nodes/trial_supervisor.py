@@ -34,6 +34,22 @@ from tdmpc_ros.nodes.common import (
 from tdmpc_ros.nodes.observations import ObservationAssembler
 from tdmpc_ros.tasks import get_task
 
+# topic -> (publishers, subscribers) there must be before the first trial: the driver's state
+# goes to planner, recorder and supervisor; the world state also to the camera; the camera's
+# frames to the recorder; the recorder's transitions to the learner, whose first weights (sent
+# once it has loaded its data) reach the planner; the planner's actions to the driver.
+READY_WHEN = {
+    "robot/state": (1, 3),
+    "world/state": (1, 4),
+    "camera/image_raw": (1, 1),
+    "replay/transitions": (1, 1),
+    "learner/weights": (1, 1),
+    "robot/action": (1, 2),
+}
+
+
+FINISH_GRACE_S = 10.0  # at the end, wait this long at most for the last step to be recorded
+
 
 @dataclass
 class SupervisorParams:
@@ -82,6 +98,10 @@ class TrialSupervisor(Node):
         subscribe(self, "robot/state", self.on_message)
         subscribe(self, "world/state", self.on_message)
         subscribe(self, "robot/action", self.on_action)
+        self.recorded: set[tuple[str, int]] = set()
+        subscribe(self, "replay/transitions",
+                  lambda message: self.recorded.add((message.episode_id, message.step)))
+        self.finishing_since: float | None = None
         self.create_timer(0.2, self.tick)
         Diagnostics(self, self.diagnostics)
         self.get_logger().info(f"{self.params.trials} trials of {self.spec.name}, "
@@ -90,16 +110,26 @@ class TrialSupervisor(Node):
     # --- the trial loop ------------------------------------------------------------------------
 
     def graph_ready(self) -> bool:
-        """Every node of the graph is up (so no one misses the first step of the first trial)."""
+        """Every node is up and DDS has matched the streams a trial needs, so that no one
+        misses the first step of the first trial."""
         present = set(self.get_node_names())
         missing = [node.name for node in graph.NODES if node.name not in present]
-        if missing:
-            self.waiting_for = ", ".join(missing)
-            return False
-        return self.count_publishers("robot/action") > 0
+        for name, (publishers, subscribers) in READY_WHEN.items():
+            if (self.count_publishers(name) < publishers
+                    or self.count_subscribers(name) < subscribers):
+                missing.append(f"{name} ({self.count_publishers(name)} publishers, "
+                               f"{self.count_subscribers(name)} subscribers)")
+        self.waiting_for = ", ".join(missing)
+        return not missing
 
     def tick(self) -> None:
         now = time.monotonic()
+        if self.finishing_since is not None:
+            last = self.results[-1]
+            if ((last["episode_id"], last["steps"] - 1) in self.recorded or not last["steps"]
+                    or now - self.finishing_since > FINISH_GRACE_S):
+                self.finish()
+            return
         if self.trial is None:
             if not self.graph_ready():
                 self.ready_since = None
@@ -162,7 +192,7 @@ class TrialSupervisor(Node):
               f"{len(self.results)}" + (f" | ended: {detail}" if detail else ""), flush=True)
         self.trial = None
         if len(self.results) >= self.params.trials:
-            self.finish()
+            self.finishing_since = time.monotonic()  # tick() finishes once all is recorded
         else:
             self.start_trial(len(self.results) + 1)
 
@@ -173,6 +203,7 @@ class TrialSupervisor(Node):
         event.header.stamp = self.get_clock().now().to_msg()
         event.event = kind
         event.episode_id, event.task, event.trial = trial.episode_id, self.spec.name, trial.number
+        event.length = self.steps_per_trial  # START: the limit the driver enforces
         if kind == EpisodeEvent.END:
             event.length, event.episode_return = trial.steps, float(trial.episode_return)
             event.success, event.weights_version = trial.success, trial.weights_version
