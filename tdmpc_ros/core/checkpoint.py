@@ -267,7 +267,7 @@ def _check_names_and_shapes(expected: Mapping[str, Tensor], tensors: Mapping[str
     wrong = [
         f"{name}: checkpoint {tuple(value.shape)} {value.dtype}, model "
         f"{tuple(expected[name].shape)} {expected[name].dtype}"
-        for name, value in provided.items()
+        for name, value in sorted(provided.items())
         if value.shape != expected[name].shape or value.dtype != expected[name].dtype
     ]
     if wrong:

@@ -170,10 +170,11 @@ class Planner:
         """The model rollouts use; for a WorldModel, a fused copy of its current weights."""
         if isinstance(self.source, WorldModel):
             fingerprint = parameter_fingerprint(self.source)
-            if self._model is None:
-                self._model = PlanningModel(self.source, self.dtype)
-            elif fingerprint != self._fingerprint:
-                self._model.refresh(self.source)  # in place: compiled code and graphs stay valid
+            with torch.inference_mode():  # its tensors are inference tensors, always
+                if self._model is None:
+                    self._model = PlanningModel(self.source, self.dtype)
+                elif fingerprint != self._fingerprint:
+                    self._model.refresh(self.source)  # in place: compiled code stays valid
             self._fingerprint = fingerprint
         return self._model
 

@@ -1,0 +1,188 @@
+"""The world model: architecture, batched Q ensemble, augmentation, the planner's fused copy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tdmpc_ros.core.config import Config
+from tdmpc_ros.core.world_model import (
+    ModelSpec,
+    PlanningModel,
+    WorldModel,
+    fast_mish,
+    obs_to_tensors,
+    random_shift,
+)
+
+torch.set_num_threads(1)  # small models; also robust when the machine is shared
+
+SPECS = {
+    "state": ModelSpec({"state": (10,)}, 4),
+    "pixels": ModelSpec({"pixels": (84, 84, 3)}, 4),
+    "pixels+proprio": ModelSpec({"pixels": (84, 84, 3), "proprio": (7,)}, 4),
+}
+
+
+def small_config(**overrides) -> Config:
+    base = {"model.mlp_dim": 64, "model.enc_dim": 32, "device": "cpu"}
+    base.update(overrides)
+    return Config().replace(**base)
+
+
+def batch_of(spec: ModelSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    out = {}
+    for key, shape in spec.obs_shapes.items():
+        if key == "pixels":
+            out[key] = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        else:
+            out[key] = rng.standard_normal((n, *shape)).astype(np.float32)
+    return out
+
+
+def perturbed(model: WorldModel, scale: float = 0.05, seed: int = 0) -> WorldModel:
+    """Random non-zero weights everywhere (the zero-initialised heads would hide mistakes)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("obs_type", list(SPECS))
+def test_shapes_and_normalised_latents(obs_type: str) -> None:
+    torch.manual_seed(0)
+    config = small_config(**{"model.obs_type": obs_type})
+    model = WorldModel(config, SPECS[obs_type])
+    obs = obs_to_tensors(batch_of(SPECS[obs_type], 6, np.random.default_rng(0)),
+                         model.obs_keys, torch.device("cpu"), batched=True)
+    z = model.encode(obs)
+    assert z.shape == (6, 50)
+    assert bool(((z > 0) & (z < 1)).all())  # LayerNorm then sigmoid
+    a = torch.rand(6, 4) * 2 - 1
+    z_next = model.next(z, a)
+    assert z_next.shape == (6, 50) and bool(((z_next > 0) & (z_next < 1)).all())
+    assert model.predict_reward(z, a).shape == (6,)
+    assert model.q_values(z, a).shape == (5, 6)
+    assert model.value(z).shape == (6,)
+    policy = model.policy(z)
+    assert policy.shape == (6, 4) and bool((policy.abs() <= 1).all())
+
+
+def test_multimodal_encoder_averages_pixel_and_proprio_latents() -> None:
+    spec = SPECS["pixels+proprio"]
+    model = WorldModel(small_config(**{"model.obs_type": "pixels+proprio"}), spec)
+    obs = obs_to_tensors(batch_of(spec, 3, np.random.default_rng(1)), model.obs_keys,
+                         torch.device("cpu"), batched=True)
+    expected = (model.encoder.nets["pixels"](obs["pixels"])
+                + model.encoder.nets["proprio"](obs["proprio"])) / 2
+    torch.testing.assert_close(model.encode(obs), expected)
+
+
+def test_pixel_encoder_architecture() -> None:
+    model = WorldModel(small_config(**{"model.obs_type": "pixels"}), SPECS["pixels"])
+    convs = [m for m in model.encoder.nets["pixels"].convs if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
+        (32, 7, 2), (32, 5, 2), (32, 3, 2), (32, 3, 2)]
+    assert model.encoder.nets["pixels"].head[1].in_features == 32 * 3 * 3
+
+
+def test_init_zeroes_reward_and_q_outputs() -> None:
+    model = WorldModel(small_config(), SPECS["state"])
+    z, a = torch.rand(8, 50), torch.rand(8, 4)
+    with torch.no_grad():
+        assert float(model.predict_reward(z, a).abs().max()) == 0.0
+        assert float(model.q_values(z, a).abs().max()) == 0.0
+    weight = model.dynamics[0].weight.detach()  # (64, 54): orthonormal columns
+    torch.testing.assert_close(weight.T @ weight, torch.eye(54), atol=1e-5, rtol=0)
+    assert float(model.dynamics[0].bias.detach().abs().max()) == 0.0
+
+
+def test_q_ensemble_is_one_batched_operation_equal_to_each_head() -> None:
+    model = perturbed(WorldModel(small_config(), SPECS["state"]))
+    q = model.q
+    z, a = torch.rand(7, 50), torch.rand(7, 4) * 2 - 1
+    x = torch.cat([z, a], -1)
+    batched = model.q_values(z, a)
+    for head in range(5):
+        h = x @ q.fc1.weight[head] + q.fc1.bias[head]
+        h = torch.tanh(F.layer_norm(h, (64,)) * q.norm1.weight[head] + q.norm1.bias[head])
+        h = F.elu(h @ q.fc2.weight[head] + q.fc2.bias[head])
+        torch.testing.assert_close(batched[head], (h @ q.fc3.weight[head] + q.fc3.bias[head])[:, 0])
+    two = torch.tensor([3, 1])
+    torch.testing.assert_close(model.q_values(z, a, heads=two), batched[two])
+
+
+def test_random_shift_is_replicate_pad_and_crop() -> None:
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(rng.integers(0, 256, (16, 84, 84, 3), dtype=np.uint8))
+    generator = torch.Generator().manual_seed(3)
+    shifted = random_shift(pixels, 4, generator)
+    assert shifted.dtype == torch.uint8 and shifted.shape == pixels.shape
+    padded = F.pad(pixels.permute(0, 3, 1, 2).float(), (4, 4, 4, 4), mode="replicate")
+    moved = 0
+    for i in range(16):
+        crops = [padded[i, :, dy : dy + 84, dx : dx + 84] for dy in range(9) for dx in range(9)]
+        target = shifted[i].permute(2, 0, 1).float()
+        matches = [bool(torch.equal(crop, target)) for crop in crops]
+        assert any(matches), f"image {i} is not a crop of the replicate-padded image"
+        moved += not matches[40]  # index 40: no shift
+    assert moved >= 10  # shifts really happen (81 offsets, 1 of them is identity)
+    assert torch.equal(random_shift(pixels, 0), pixels)
+
+
+def test_fast_mish_matches_mish() -> None:
+    x = torch.linspace(-100, 100, 20001)
+    torch.testing.assert_close(fast_mish(x), F.mish(x), atol=2e-6, rtol=1e-5)
+    assert bool(torch.isfinite(fast_mish(torch.tensor([1e4, -1e4, 88.0, 89.0]))).all())
+
+
+def test_planning_model_equals_the_modules_in_float32() -> None:
+    torch.manual_seed(0)
+    model = perturbed(WorldModel(small_config(), SPECS["state"]))
+    fused = PlanningModel(model, torch.float32)
+    z, a = torch.rand(33, 50), torch.rand(33, 4) * 2 - 1
+    with torch.no_grad():
+        z_next, reward, q = fused.step(z, a, with_q=True)
+        torch.testing.assert_close(z_next, model.next(z, a), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(reward, model.predict_reward(z, a), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(q, model.q_values(z, a), atol=1e-5, rtol=1e-4)
+        assert fused.step(z, a, with_q=False)[2] is None
+        torch.testing.assert_close(fused.q(z, a), model.q_values(z, a), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fused.pi(z), model.policy(z), atol=1e-5, rtol=1e-4)
+
+
+def test_planning_model_in_bfloat16_stays_close() -> None:
+    model = perturbed(WorldModel(small_config(**{"model.mlp_dim": 512}), SPECS["state"]))
+    fused = PlanningModel(model, torch.bfloat16)
+    z, a = torch.rand(64, 50), torch.rand(64, 4) * 2 - 1
+    with torch.no_grad():
+        z_next, reward, q = fused.step(z, a)
+        exact_q = model.q_values(z, a)
+        assert float((z_next - model.next(z, a)).abs().max()) < 0.02
+        assert float((q - exact_q).abs().max()) < 0.03 * float(exact_q.abs().max()) + 0.01
+        assert float((reward - model.predict_reward(z, a)).abs().max()) < 0.02
+
+
+def test_planning_model_refresh_copies_new_weights_in_place() -> None:
+    model = perturbed(WorldModel(small_config(), SPECS["state"]))
+    fused = PlanningModel(model)
+    before = fused.w2
+    perturbed(model, seed=1)
+    fused.refresh(model)
+    assert fused.w2 is before
+    z, a = torch.rand(5, 50), torch.rand(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.q(z, a), model.q_values(z, a), atol=1e-5, rtol=1e-4)
+
+
+def test_spec_checks_the_observations() -> None:
+    with pytest.raises(ValueError, match="needs observation 'pixels'"):
+        WorldModel(small_config(**{"model.obs_type": "pixels"}), SPECS["state"])
+    with pytest.raises(ValueError, match="expected \\(84, 84, 3\\)"):
+        WorldModel(small_config(**{"model.obs_type": "pixels"}),
+                   ModelSpec({"pixels": (64, 64, 3)}, 2))
+    spec = SPECS["pixels+proprio"]
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
