@@ -266,9 +266,9 @@ def export_model(args: argparse.Namespace, task: str, kind: str, agent: Any,
   (`tdmpc_ros.core.checkpoint`, kind `actor`: model weights, no target network, no optimiser
   state; `Agent.from_checkpoint` restarts the target from the online weights).
 - Task: simulated xArm `{task}` (`tdmpc_ros.sim`), observations `{c['model']['obs_type']}`.
-- Data: {ds['episodes']} scripted-expert episodes of mixed skill ({ds['transitions']}
-  transitions, {ds['success_rate']:.0%} of them successful), from
-  `python -m tdmpc_ros.sim.datasets --task {task} --seed 0{flag}`.
+- Data: {ds['episodes']} scripted-expert episodes of mixed skill ({ds['success_rate']:.0%} of
+  the episodes successful; {ds['transitions']} transitions), from
+  `python -m tdmpc_ros.sim.datasets --task {task} --out {ds['dir']} --seed 0{flag}`.
 - Pretraining: {record['updates']} gradient updates, batch {c['learner']['batch_size']},
   seed {record['seed']} ({record['pretrain_seconds']:.0f} s on one CPU thread). The paper uses
   25k updates with batch 256; this model is far smaller and shorter-trained, sized for 2 CPUs.
