@@ -81,13 +81,14 @@ def subscribe(node: Node, name: str, callback: Callable[[Any], None],
 
 
 class Diagnostics:
-    """Publishes the node's health on /diagnostics once a second (rqt_robot_monitor shows it)."""
+    """Publishes the node's health on /diagnostics twice a second (rqt_robot_monitor shows it;
+    the trial supervisor reads the recorder's as a heartbeat)."""
 
     def __init__(self, node: Node, report: Callable[[], tuple[int, str, dict[str, Any]]]):
         self._node = node
         self._report = report
         self._publisher = publisher(node, "/diagnostics")
-        node.create_timer(1.0, self._publish)
+        node.create_timer(0.5, self._publish)
 
     def _publish(self) -> None:
         level, message, values = self._report()

@@ -90,6 +90,9 @@ class Learner(Node):
         self.last_publish = time.monotonic()
         self.last_checkpoint = time.monotonic()
         self.refused = 0
+        # A new id each start: the planner then takes this run's weights though the version
+        # numbers restart from the checkpoint's.
+        self.run_id = f"{Path(self.params.run_dir).resolve().name}-{time.strftime('%H%M%S')}"
         self._load_data()
         self.weights_publisher = publisher(self, "learner/weights")
         subscribe(self, "replay/transitions", self.on_transition,
@@ -189,7 +192,7 @@ class Learner(Node):
         message.header.stamp = self.get_clock().now().to_msg()
         message.version = self.version
         message.learner_step = int(self.agent.learner.steps)
-        message.run_id = str(Path(self.params.run_dir).resolve().name)
+        message.run_id = self.run_id
         message.format = ModelWeights.FORMAT_SAFETENSORS
         message.payload = payload
         message.sha256 = hashlib.sha256(payload).hexdigest()

@@ -91,6 +91,7 @@ class Planner(Node):
         self.need_pixels = "pixels" in self.agent.model.obs_keys
         self.assembler = ObservationAssembler(need_world=True, need_image=self.need_pixels)
         self.episode_id = ""
+        self.weights_run_id = ""  # a restarted learner starts a new run: its versions restart
         self.plans = 0
         self.skipped_stale = 0
         self.weights_refused = 0
@@ -114,7 +115,9 @@ class Planner(Node):
     # --- weights -------------------------------------------------------------------------------
 
     def on_weights(self, message: ModelWeights) -> None:
-        if message.version <= self.agent.model.weights_version:
+        """Swap in newer weights, or the first weights of a new learner run."""
+        same_run = message.run_id == self.weights_run_id
+        if same_run and message.version <= self.agent.model.weights_version:
             return  # an older or the same version (e.g. the latched one again)
         try:
             self.agent.load_weights(bytes(message.payload))
@@ -122,6 +125,7 @@ class Planner(Node):
             self.on_bad_weights(message, error)
             return
         self.agent.model.weights_version = int(message.version)
+        self.weights_run_id = message.run_id
         self.get_logger().info(f"now planning with weights version {message.version} "
                                f"(learner step {message.learner_step})")
 

@@ -109,12 +109,12 @@ class ReplayRecorder(Node):
         self._resume()
         self.create_timer(0.5, self._finish_ended)
         self.transition_publisher = publisher(self, "replay/transitions")
-        subscribe(self, "robot/action", self.on_action)
-        subscribe(self, "trial/events", self.on_event)
-        subscribe(self, "robot/state", self.on_observation_part)
-        subscribe(self, "world/state", self.on_observation_part)
+        self.inputs = [subscribe(self, "robot/action", self.on_action),
+                       subscribe(self, "trial/events", self.on_event),
+                       subscribe(self, "robot/state", self.on_observation_part),
+                       subscribe(self, "world/state", self.on_observation_part)]
         if self.params.record_images:
-            subscribe(self, "camera/image_raw", self.on_observation_part)
+            self.inputs.append(subscribe(self, "camera/image_raw", self.on_observation_part))
         Diagnostics(self, self.diagnostics)
         self.get_logger().info(f"recording to {self.store}")
 
@@ -183,6 +183,7 @@ class ReplayRecorder(Node):
             if step != 0:
                 self.get_logger().warning(f"{episode_id}: first seen at step {step}; its "
                                           "earlier steps are lost to this recorder")
+            self.get_logger().info(f"recording {episode_id}")
             running = self.running[episode_id] = _Running(episode_id, first_step=step)
             running.observations.append(self._inputs(observation))
             self.last_observation[episode_id] = observation
@@ -264,9 +265,12 @@ class ReplayRecorder(Node):
 
     def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
         level = WARN if self.write_failures else OK
+        # The supervisor starts a trial only when this says every input stream is matched.
+        matched = all(subscription.get_publisher_count() > 0 for subscription in self.inputs)
         return level, f"{self.recorded} steps, {self.episodes_written} episodes", {
-            "steps_recorded": self.recorded, "episodes_written": self.episodes_written,
-            "running": ",".join(self.running), "write_failures": self.write_failures}
+            "inputs_matched": matched, "steps_recorded": self.recorded,
+            "episodes_written": self.episodes_written, "running": ",".join(self.running),
+            "write_failures": self.write_failures}
 
     def close(self) -> None:
         for episode_id in list(self.ending):  # ended: final, even if a frame never came

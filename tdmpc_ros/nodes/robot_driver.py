@@ -95,6 +95,9 @@ class RobotDriver(Node):
     # --- episodes ------------------------------------------------------------------------------
 
     def on_event(self, event: EpisodeEvent) -> None:
+        if event.event == EpisodeEvent.END and event.episode_id == self.episode_id:
+            self.limit = self.step  # the supervisor ended it: no step more
+            return
         if event.event != EpisodeEvent.START or event.episode_id == self.episode_id:
             return
         self.episode_id, self.trial, self.step = event.episode_id, event.trial, 0

@@ -48,6 +48,7 @@ READY_WHEN = {
 }
 
 
+RECORDER_SILENCE_S = 2.0  # no recorder heartbeat for this long: it is down
 FINISH_GRACE_S = 10.0  # at the end, wait this long at most for the last step to be recorded
 
 
@@ -102,6 +103,8 @@ class TrialSupervisor(Node):
         subscribe(self, "replay/transitions",
                   lambda message: self.recorded.add((message.episode_id, message.step)))
         self.finishing_since: float | None = None
+        self.recorder_heard = 0.0  # when the recorder last said all its inputs are matched
+        subscribe(self, "/diagnostics", self.on_diagnostics)
         self.create_timer(0.2, self.tick)
         Diagnostics(self, self.diagnostics)
         self.get_logger().info(f"{self.params.trials} trials of {self.spec.name}, "
@@ -119,8 +122,20 @@ class TrialSupervisor(Node):
                     or self.count_subscribers(name) < subscribers):
                 missing.append(f"{name} ({self.count_publishers(name)} publishers, "
                                f"{self.count_subscribers(name)} subscribers)")
+        if not self.recorder_alive():
+            missing.append("the replay recorder's heartbeat with every input matched")
         self.waiting_for = ", ".join(missing)
         return not missing
+
+    def on_diagnostics(self, array: Any) -> None:
+        for status in array.status:
+            if status.name.endswith("/replay_recorder"):
+                values = {item.key: item.value for item in status.values}
+                if values.get("inputs_matched") == "True":
+                    self.recorder_heard = time.monotonic()
+
+    def recorder_alive(self) -> bool:
+        return time.monotonic() - self.recorder_heard < RECORDER_SILENCE_S
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -135,14 +150,18 @@ class TrialSupervisor(Node):
                 self.ready_since = None
             elif self.ready_since is None:
                 self.ready_since = now  # give DDS a moment to match every pair
-            elif now - self.ready_since >= 1.0:
+            elif now - self.ready_since >= (0.0 if self.results else 1.0):
                 self.start_trial(len(self.results) + 1)
-            if self.trial is None and now - self.started > self.params.startup_timeout_s:
+            if (self.trial is None and not self.results
+                    and now - self.started > self.params.startup_timeout_s):
                 self.get_logger().error(f"not up after {self.params.startup_timeout_s:.0f} s: "
                                         f"{self.waiting_for}")
                 raise SystemExit(1)
             return
-        if now - self.trial.last_step_time > self.params.step_timeout_s:
+        if not self.recorder_alive():
+            self.end_trial(EpisodeEvent.REASON_ERROR, "the replay recorder went silent: this "
+                           "trial's data is incomplete; the next trial waits for it")
+        elif now - self.trial.last_step_time > self.params.step_timeout_s:
             self.end_trial(EpisodeEvent.REASON_STALE_INPUT,
                            f"no step for {self.params.step_timeout_s:.0f} s")
 
@@ -191,10 +210,10 @@ class TrialSupervisor(Node):
               f"v{trial.weights_version} | {seconds:5.1f} s | successes so far {successes}/"
               f"{len(self.results)}" + (f" | ended: {detail}" if detail else ""), flush=True)
         self.trial = None
+        self.ready_since = None
         if len(self.results) >= self.params.trials:
             self.finishing_since = time.monotonic()  # tick() finishes once all is recorded
-        else:
-            self.start_trial(len(self.results) + 1)
+        # else tick() starts the next trial once the graph is whole again
 
     def publish_event(self, kind: int, reason: int, detail: str) -> None:
         trial = self.trial
@@ -213,6 +232,9 @@ class TrialSupervisor(Node):
     # --- the end -------------------------------------------------------------------------------
 
     def finish(self) -> None:
+        for result in self.results:  # a gap (the recorder was down) shows in the summary
+            result["recorded_steps"] = sum(episode == result["episode_id"]
+                                           for episode, _ in self.recorded)
         run_dir = Path(self.params.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         successes = sum(result["success"] for result in self.results)

@@ -3,6 +3,8 @@ peer processes that are always stopped."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -69,3 +71,54 @@ def peer_process(arguments: list[str], environment: dict[str, str], log_path: Pa
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def node_command(name: str, arguments: dict[str, str],
+                 overrides: dict[str, object] | None = None) -> tuple[str, ...]:
+    """The launcher's command for one node of the graph, with extra parameter overrides."""
+    from tdmpc_ros.launcher import node_processes
+
+    command = next(p.command for p in node_processes(arguments) if p.name == name)
+    extra = [item for key, value in (overrides or {}).items() for item in ("-p", f"{key}:={value}")]
+    return command + tuple(extra)
+
+
+
+class NodeGroup:
+    """Graph nodes as separate processes (each its own process group), for fault tests that
+    kill and restart single nodes; ``stop()`` leaves none behind."""
+
+    def __init__(self, commands: dict[str, tuple[str, ...]], environment: dict[str, str],
+                 log_dir: Path) -> None:
+        self.commands, self.environment, self.log_dir = commands, environment, log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str) -> subprocess.Popen:
+        with open(self.log_dir / f"{name}.log", "a") as log:
+            self.processes[name] = subprocess.Popen(
+                self.commands[name], env=self.environment, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        return self.processes[name]
+
+    def kill(self, name: str) -> None:
+        os.killpg(self.processes[name].pid, signal.SIGKILL)
+        self.processes[name].wait(timeout=10)
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text()
+
+    def __enter__(self) -> NodeGroup:
+        for name in self.commands:
+            self.start(name)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
