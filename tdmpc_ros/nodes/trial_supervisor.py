@@ -284,7 +284,7 @@ def plot_trials(results: list[dict[str, Any]], path: Path, title: str) -> None:
     top.plot(trials, running, color="#08519c", marker="o", label="success rate so far")
     top.set_ylim(0, 1.05)
     top.set_ylabel("success")
-    top.legend(loc="upper left")
+    top.legend(loc="lower right", framealpha=0.9)
     top.set_title(f"Online finetuning: {title}")
     bottom.step(trials, [result["weights_version"] for result in results], where="mid")
     bottom.set_ylabel("weights version")
