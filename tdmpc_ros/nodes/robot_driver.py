@@ -11,6 +11,7 @@ Service: robot/emergency_stop (std_srvs/Trigger).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,9 @@ class DriverParams:
     sim_seed: int = param("simulator only: seed of the scene of each trial (with the trial)")
     max_action_age_s: float = param("refuse an action computed from an observation older than "
                                     "this (seconds); 0 turns the check off")
+    real_time: bool = param("simulator only: report states at the task's control rate (one "
+                            "agent period apart at most as often), as a real arm moves; false "
+                            "runs the simulation as fast as actions arrive")
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -81,6 +85,8 @@ class RobotDriver(Node):
         self.state = RobotState.STATE_MOVING  # until the first START resets the robot
         self.stop_reason = ""
         self.executed = 0
+        self.busy = False
+        self.last_report = 0.0
         self.refused: dict[str, int] = {}
         self.state_publisher = publisher(self, "robot/state")
         self.world_publisher = publisher(self, "world/state")
@@ -100,6 +106,10 @@ class RobotDriver(Node):
             return
         if event.event != EpisodeEvent.START or event.episode_id == self.episode_id:
             return
+        if self.busy:  # a step of the last episode still to report: drop it
+            self._report_timer.cancel()
+            self.destroy_timer(self._report_timer)
+            self.busy = False
         self.episode_id, self.trial, self.step = event.episode_id, event.trial, 0
         self.limit = min(event.length or self.spec.episode_length, self.spec.episode_length)
         self.state = RobotState.STATE_MOVING
@@ -124,6 +134,9 @@ class RobotDriver(Node):
         self.get_logger().warning(f"action refused ({kind}): {why}", throttle_duration_sec=1.0)
 
     def on_action(self, command: ActionCommand) -> None:
+        if self.busy:
+            self._refuse("busy", "the previous step is still running")
+            return
         if self.state != RobotState.STATE_READY:
             self._refuse("not_ready", f"robot is {self._state_name()}")
             return
@@ -147,6 +160,19 @@ class RobotDriver(Node):
         self.backend.move_to(target, gripper)
         self.step += 1
         self.executed += 1
+        # A fixed-rate loop: the next state goes out one control period after the last one
+        # (the planning time falls inside the period, as the arm moves during it).
+        wait = self.spec.agent_period_s - (time.monotonic() - self.last_report)
+        if self.params.real_time and self.params.backend == "sim" and wait > 0:
+            self.busy = True  # the step is still "moving": no action until its state is out
+            self._report_timer = self.create_timer(wait, self._report_step)
+        else:
+            self.publish_state()
+
+    def _report_step(self) -> None:
+        self._report_timer.cancel()
+        self.destroy_timer(self._report_timer)
+        self.busy = False
         self.publish_state()
 
     # --- safety ----------------------------------------------------------------------------------
@@ -174,6 +200,7 @@ class RobotDriver(Node):
                 }[self.state]
 
     def publish_state(self) -> None:
+        self.last_report = time.monotonic()
         now = self.get_clock().now().to_msg()
         state = RobotState()
         state.header.stamp, state.header.frame_id = now, self.params.base_frame
