@@ -30,7 +30,10 @@ def _nodes(context, *_, **__) -> list[Node]:
         for argument in graph.LAUNCH_ARGUMENTS
     })
     config = Path(get_package_share_directory(graph.PACKAGE)) / "config"
-    return [
+    rviz = [Node(package="rviz2", executable="rviz2", name="rviz2",
+                 namespace=arguments["namespace"], arguments=["-d", str(config / "tdmpc.rviz")],
+                 output="log")] if arguments["rviz"] == "true" else []
+    return rviz + [
         Node(
             package=graph.PACKAGE,
             executable=node.executable,

@@ -161,6 +161,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    "and plots go; a restarted stack with the same run_dir carries on"),
     LaunchArgument("dataset", "", "the offline dataset the learner samples half of each batch "
                    "from (empty: data/<task>, as made by `make demo`)"),
+    LaunchArgument("rviz", "false", "also start rviz2 with config/tdmpc.rviz: the planned path "
+                   "coloured by uncertainty, and the model's camera view", ("true", "false")),
     LaunchArgument("use_sim_time", "false", "take time from /clock (Gazebo) instead of the "
                    "wall clock", ("true", "false")),
 )

@@ -165,6 +165,10 @@ def usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if arguments["rviz"] == "true":
+        print("[launcher] rviz:=true: rviz2 is started by `ros2 launch` only; run "
+              "`rviz2 -d config/tdmpc.rviz` beside this launcher where ROS 2 is installed",
+              flush=True)
     return run(node_processes(arguments))
 
 

@@ -1,0 +1,113 @@
+"""One definition of the graph: every node's YAML, launch overrides, executables and the ros2
+launch file agree with tdmpc_ros.graph and with each node's typed parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tdmpc_ros import graph
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _params_class(node: graph.NodeSpec) -> type:
+    module = importlib.import_module(node.module)
+    classes = [value for name, value in vars(module).items()
+               if name.endswith("Params") and dataclasses.is_dataclass(value)
+               and value.__module__ == module.__name__]
+    assert len(classes) == 1, f"{node.module}: one *Params dataclass expected"
+    return classes[0]
+
+
+@pytest.mark.parametrize("node", graph.NODES, ids=lambda node: node.name)
+def test_yaml_plus_launch_overrides_set_exactly_the_node_parameters(node) -> None:
+    document = yaml.safe_load((REPO / "config" / node.parameters).read_text())
+    from_yaml = set(document["/**"]["ros__parameters"])
+    from_launch = set(graph.node_parameters(node, graph.launch_argument_defaults()))
+    fields = {field.name for field in dataclasses.fields(_params_class(node))}
+    assert not from_yaml & from_launch, "a parameter is set in two places"
+    assert (from_yaml | from_launch) - {"use_sim_time"} == fields
+    assert all(field.metadata.get("description")
+               for field in dataclasses.fields(_params_class(node)))
+
+
+@pytest.mark.parametrize("node", graph.NODES, ids=lambda node: node.name)
+def test_every_node_has_its_executable(node) -> None:
+    script = REPO / "scripts" / node.executable
+    assert script.exists() and os.access(script, os.X_OK)
+    assert f"from {node.module} import main" in script.read_text()
+    assert callable(importlib.import_module(node.module).main)
+
+
+def test_every_graph_topic_has_a_known_type_and_qos() -> None:
+    for topic in graph.TOPICS.values():
+        assert topic.qos in graph.QOS
+        assert topic.message_class().__name__ == topic.type.rsplit("/", 1)[1]
+
+
+class _Recorder:
+    """Stands in for a launch / launch_ros class: keeps its arguments."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+def _stub_launch_modules(share: Path) -> dict[str, types.ModuleType]:
+    """launch, launch_ros and ament_index_python cannot be installed here: minimal stand-ins
+    that record what the launch file builds (a lab's install runs the real ones)."""
+    modules = {}
+    for name in ("launch", "launch.actions", "launch.substitutions", "launch_ros",
+                 "launch_ros.actions", "ament_index_python", "ament_index_python.packages"):
+        modules[name] = types.ModuleType(name)
+    modules["launch"].LaunchDescription = _Recorder
+    for name in ("DeclareLaunchArgument", "OpaqueFunction", "Shutdown"):
+        setattr(modules["launch.actions"], name, type(name, (_Recorder,), {}))
+    modules["launch_ros.actions"].Node = type("Node", (_Recorder,), {})
+
+    class LaunchConfiguration(_Recorder):
+        def perform(self, context: dict[str, str]) -> str:
+            return context[self.args[0]]
+
+    modules["launch.substitutions"].LaunchConfiguration = LaunchConfiguration
+    modules["ament_index_python.packages"].get_package_share_directory = lambda _: str(share)
+    return modules
+
+
+def test_the_ros2_launch_file_builds_the_graph(monkeypatch) -> None:
+    share = REPO
+    for name, module in _stub_launch_modules(share).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("tdmpc_launch", REPO / "launch" /
+                                                  "tdmpc.launch.py")
+    launch_file = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_file)
+
+    description = launch_file.generate_launch_description()
+    actions = description.args[0]
+    declared = {action.args[0]: action.kwargs for action in actions[:-1]}
+    assert list(declared) == [argument.name for argument in graph.LAUNCH_ARGUMENTS]
+    assert all(kwargs["description"] for kwargs in declared.values())
+
+    context = {**graph.launch_argument_defaults(), "trials": "7", "rviz": "true"}
+    nodes = actions[-1].kwargs["function"](context)
+    assert nodes[0].kwargs["executable"] == "rviz2"
+    by_name = {node.kwargs["name"]: node.kwargs for node in nodes[1:]}
+    assert list(by_name) == [node.name for node in graph.NODES]
+    for node in graph.NODES:
+        kwargs = by_name[node.name]
+        assert kwargs["executable"] == node.executable
+        yaml_file, overrides = kwargs["parameters"]
+        assert Path(yaml_file).exists()
+        assert set(overrides) == set(graph.node_parameters(node, context))
+        assert (kwargs["on_exit"] is not None) == node.required
+    assert by_name["trial_supervisor"]["parameters"][1]["trials"] == 7  # typed, as with -p
+    assert by_name["planner"]["parameters"][1]["checkpoint"] == ""
