@@ -50,6 +50,10 @@ class Agent:
         configure_torch(config)
         self.config = config
         self.device = config.torch_device()
+        if model is not None:
+            if model.config.model != config.model:
+                raise ValueError("the model was built with other model.* settings")
+            model.config = config  # checkpoints written from now on carry the new settings
         self.model = (model if model is not None else WorldModel(config, spec)).to(self.device)
         self.planner = Planner(self.model, config)
         self.learner: Learner | None = None
