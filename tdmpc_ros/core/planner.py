@@ -204,7 +204,7 @@ class Planner:
         actions, values = self._actions, self._values
 
         if num_pi > 0:  # policy trajectories: rolled out and scored once per plan
-            pi_actions, pi_values = self._policy_rollout(z0, num_pi)
+            pi_actions, pi_values = self._policy_rollout(model, z0, num_pi)
             actions[:, samples:] = pi_actions
             values[samples:] = pi_values
 
@@ -218,7 +218,7 @@ class Planner:
             noise = torch.randn(horizon, samples, action_dim, device=self.device, generator=gen)
             torch.addcmul(mean[:, None], std[:, None], noise, out=actions[:, :samples])
             actions[:, :samples].clamp_(-1.0, 1.0)
-            values[:samples] = self._score_gaussian(z0, actions[:, :samples])
+            values[:samples] = self._score_gaussian(model, z0, actions[:, :samples])
             elite_values, elite_idx = torch.topk(values, p.num_elites, sorted=True)
             elite_actions = actions[:, elite_idx]  # (H, K, A)
             weights = torch.exp(p.temperature * (elite_values - elite_values[0]))
@@ -295,15 +295,16 @@ class Planner:
         total = total + self._gamma[horizon] * terminal
         return torch.nan_to_num(total, nan=0.0)
 
-    def _score_gaussian(self, z0: Tensor, actions: Tensor) -> Tensor:
+    def _score_gaussian(self, model: LatentModel, z0: Tensor, actions: Tensor) -> Tensor:
         n, action_dim = actions.shape[1], actions.shape[2]
         noise = self._policy_noise(n, action_dim)
-        pair = self._head_pair(self.model.num_q)
+        pair = self._head_pair(model.num_q)
         if self.config.planner.cuda_graphs and self.device.type == "cuda":
-            return self._graph_score(z0, actions, noise, pair)
-        return self._score_fn(self._model, z0, actions, noise, pair)
+            return self._graph_score(model, z0, actions, noise, pair)
+        return self._score_fn(model, z0, actions, noise, pair)
 
-    def _graph_score(self, z0: Tensor, actions: Tensor, noise: Tensor, pair: Tensor) -> Tensor:
+    def _graph_score(self, model: LatentModel, z0: Tensor, actions: Tensor, noise: Tensor,
+                     pair: Tensor) -> Tensor:
         """Replay a CUDA graph of ``_score`` captured on static buffers (built on first use)."""
         if self._graph is None:
             static = {"z0": z0.clone(), "actions": actions.clone(), "noise": noise.clone(),
@@ -312,12 +313,13 @@ class Planner:
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):  # warm-up outside the graph, as CUDA graphs need
                 for _ in range(2):
-                    self._score(static["z0"], static["actions"], static["noise"], static["pair"])
+                    self._score(model, static["z0"], static["actions"], static["noise"],
+                                static["pair"])
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static["out"] = self._score(
-                    static["z0"], static["actions"], static["noise"], static["pair"]
+                    model, static["z0"], static["actions"], static["noise"], static["pair"]
                 )
             self._graph = (graph, static)
         graph, static = self._graph
@@ -336,9 +338,8 @@ class Planner:
     def _head_pair(self, num_q: int) -> Tensor:
         return torch.randperm(num_q, device=self.device, generator=self.generator)[:2]
 
-    def _policy_rollout(self, z0: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    def _policy_rollout(self, model: LatentModel, z0: Tensor, n: int) -> tuple[Tensor, Tensor]:
         """Sample n sequences from the noisy policy prior and score them in the same pass."""
-        model = self.model
         lam = self.config.planner.uncertainty_coef
         horizon, action_dim = self.config.horizon, model.action_dim
         actions = torch.empty(horizon, n, action_dim, device=self.device)
