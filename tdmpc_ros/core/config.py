@@ -80,6 +80,10 @@ class LearnerConfig:
     """Updates between two moving-average steps of the target network."""
     action_clip_eps: float = 1e-5
     """Dataset actions are clipped to [-1 + eps, 1 - eps] when they enter a buffer."""
+    precision: str = "float32"
+    """Matrix products of the update: "float32" (the paper's), "bfloat16" (autocast: products
+    in bfloat16, weights, optimiser and losses in float32; about 1.7x faster on CPUs with AMX),
+    or "auto" (bfloat16 where the hardware multiplies it natively, as for the planner)."""
 
 
 @dataclass
@@ -228,6 +232,7 @@ class Config:
         _in_range("learner.target_tau", lr.target_tau, 0.0, 1.0, low_open=True)
         _at_least("learner.target_update_every", lr.target_update_every, 1)
         _in_range("learner.action_clip_eps", lr.action_clip_eps, 0.0, 0.1)
+        _choice("learner.precision", lr.precision, PRECISIONS)
 
         _at_least("planner.iterations", p.iterations, 1)
         _at_least("planner.num_samples", p.num_samples, 1)

@@ -18,6 +18,7 @@ One update on a batch of B sub-trajectories (time first):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tdmpc_ros.core.config import Config
+from tdmpc_ros.core.planner import resolve_precision
 from tdmpc_ros.core.replay import Batch
 from tdmpc_ros.core.world_model import WorldModel, random_shift
 
@@ -71,8 +73,10 @@ class Learner:
         self.model = model
         self.config = config or model.config
         lr = self.config.learner
-        self.model_optim = torch.optim.Adam(model.online_parameters(), lr=lr.lr)
-        self.pi_optim = torch.optim.Adam(model.pi.parameters(), lr=lr.pi_lr)
+        fused = model.device.type in ("cpu", "cuda")  # one kernel for all parameters
+        self.model_optim = torch.optim.Adam(model.online_parameters(), lr=lr.lr, fused=fused)
+        self.pi_optim = torch.optim.Adam(model.pi.parameters(), lr=lr.pi_lr, fused=fused)
+        self.dtype = resolve_precision(lr.precision, model.device)
         self.generator = torch.Generator(device=model.device)
         self.generator.manual_seed(self.config.seed + 1)
         self.steps = 0
@@ -93,40 +97,42 @@ class Learner:
         action, reward = batch.action, batch.reward
         rho = self._rho * batch.valid  # (H, B): rho^t inside the episode, 0 after it
 
-        first = {key: value[0] for key, value in obs.items()}
-        following = {key: value[1:].flatten(0, 1) for key, value in obs.items()}
-        with torch.no_grad():
-            next_value = model.value(model.encode(following)).view(horizon, size)
-            q_target = td_target(reward, batch.terminated, next_value, cfg.discount)
-            next_z_target = model.encode_target(following).view(horizon, size, -1)
+        with self._autocast():
+            first = {key: value[0] for key, value in obs.items()}
+            following = {key: value[1:].flatten(0, 1) for key, value in obs.items()}
+            with torch.no_grad():
+                next_value = model.value(model.encode(following)).float().view(horizon, size)
+                q_target = td_target(reward, batch.terminated, next_value, cfg.discount)
+                next_z_target = model.encode_target(following).float().view(horizon, size, -1)
 
-        z = model.encode(first)
-        latents = [z]
-        for t in range(horizon):
-            z = model.next(z, action[t])
-            latents.append(z)
-        rollout = torch.stack(latents)  # (H + 1, B, L)
-        z_flat = rollout[:-1].flatten(0, 1)  # z_0..z_{H-1}
-        a_flat = action.flatten(0, 1)
+            z = model.encode(first)
+            latents = [z]
+            for t in range(horizon):
+                z = model.next(z, action[t])
+                latents.append(z)
+            rollout = torch.stack(latents).float()  # (H + 1, B, L)
+            z_flat = rollout[:-1].flatten(0, 1)  # z_0..z_{H-1}
+            a_flat = action.flatten(0, 1)
 
-        consistency = F.mse_loss(rollout[1:], next_z_target, reduction="none").mean(-1)
-        reward_pred = model.predict_reward(z_flat, a_flat).view(horizon, size)
-        reward_loss = (reward_pred - reward).pow(2)
-        q_all = model.q_values(z_flat, a_flat).view(-1, horizon, size)  # (E, H, B)
-        q_error = q_all - q_target
-        q_loss = q_error.pow(2).sum(0)
-        with torch.no_grad():
-            heads = torch.randperm(model.q.heads, device=z.device, generator=self.generator)[:2]
-            q_min = model.q_values(z_flat.detach(), a_flat, target=True, heads=heads)
-            q_min = q_min.min(0).values.view(horizon, size)
-        v_pred = model.value(z_flat).view(horizon, size)
-        v_loss = expectile_loss(q_min - v_pred, lr.expectile)
+            consistency = F.mse_loss(rollout[1:], next_z_target, reduction="none").mean(-1)
+            reward_pred = model.predict_reward(z_flat, a_flat).float().view(horizon, size)
+            reward_loss = (reward_pred - reward).pow(2)
+            q_all = model.q_values(z_flat, a_flat).float().view(-1, horizon, size)  # (E, H, B)
+            q_error = q_all - q_target
+            q_loss = q_error.pow(2).sum(0)
+            with torch.no_grad():
+                heads = torch.randperm(model.q.heads, device=z.device,
+                                       generator=self.generator)[:2]
+                q_min = model.q_values(z_flat.detach(), a_flat, target=True, heads=heads)
+                q_min = q_min.float().min(0).values.view(horizon, size)
+            v_pred = model.value(z_flat).float().view(horizon, size)
+            v_loss = expectile_loss(q_min - v_pred, lr.expectile)
 
-        per_row = (rho * (
-            lr.consistency_coef * consistency + lr.reward_coef * reward_loss
-            + lr.q_coef * q_loss + lr.v_coef * v_loss
-        )).sum(0)  # (B,)
-        model_loss = (per_row * batch.weight).mean()
+            per_row = (rho * (
+                lr.consistency_coef * consistency + lr.reward_coef * reward_loss
+                + lr.q_coef * q_loss + lr.v_coef * v_loss
+            )).sum(0)  # (B,)
+            model_loss = (per_row * batch.weight).mean()
         self.model_optim.zero_grad(set_to_none=True)
         (model_loss / horizon).backward()  # the paper scales the gradient by 1/H
         grad_norm = torch.nn.utils.clip_grad_norm_(model.online_parameters(), lr.grad_clip_norm)
@@ -153,16 +159,23 @@ class Learner:
                        rho: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         lr = self.config.learner
         model = self.model
-        with torch.no_grad():  # V after the model step, as in the paper's code
-            advantage = q_min - model.value(latents.flatten(0, 1)).view_as(q_min)
-            weight = torch.exp(lr.awr_temperature * advantage).clamp(max=lr.awr_max_weight)
-        log_prob = gaussian_log_prob(action, model.policy(latents))  # (H, B)
-        pi_loss = -(rho * weight * log_prob).mean(1).mean()
+        with self._autocast():
+            with torch.no_grad():  # V after the model step, as in the paper's code
+                value = model.value(latents.flatten(0, 1)).float().view_as(q_min)
+                advantage = q_min - value
+                weight = torch.exp(lr.awr_temperature * advantage).clamp(max=lr.awr_max_weight)
+            log_prob = gaussian_log_prob(action, model.policy(latents).float())  # (H, B)
+            pi_loss = -(rho * weight * log_prob).mean(1).mean()
         self.pi_optim.zero_grad(set_to_none=True)
         pi_loss.backward()
         pi_grad_norm = torch.nn.utils.clip_grad_norm_(model.pi.parameters(), lr.grad_clip_norm)
         self.pi_optim.step()
         return pi_loss.detach(), pi_grad_norm, advantage, weight
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.dtype)
 
     @torch.no_grad()
     def update_targets(self) -> None:

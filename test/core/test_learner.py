@@ -181,3 +181,16 @@ def test_pixel_update_augments_and_learns() -> None:
     assert shifted.dtype == torch.uint8 and not torch.equal(shifted, batch.obs["pixels"])
     result = learner.update(batch)
     assert np.isfinite(result.metrics["model_loss"]) and result.priorities.shape == (4,)
+
+
+def test_bfloat16_updates_track_float32() -> None:
+    batch = random_batch()
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        config = small_config(**{"learner.precision": precision})
+        learner = Learner(perturbed_model(config), config)
+        assert learner.dtype == getattr(torch, precision)
+        results[precision] = learner.update(batch).metrics
+    for key in ("q_loss", "reward_loss", "v_loss", "consistency_loss", "pi_loss"):
+        assert results["bfloat16"][key] == pytest.approx(results["float32"][key], rel=0.05,
+                                                         abs=1e-3), key
