@@ -13,8 +13,10 @@ from tdmpc_ros.core.world_model import (
     PlanningModel,
     WorldModel,
     fast_mish,
+    gather_shift,
     obs_to_tensors,
     random_shift,
+    shift_images,
 )
 
 torch.set_num_threads(1)  # small models; also robust when the machine is shared
@@ -131,6 +133,15 @@ def test_random_shift_is_replicate_pad_and_crop() -> None:
         moved += not matches[40]  # index 40: no shift
     assert moved >= 10  # shifts really happen (81 offsets, 1 of them is identity)
     assert torch.equal(random_shift(pixels, 0), pixels)
+
+
+def test_gather_and_slice_shifts_agree() -> None:
+    pixels = torch.randint(0, 256, (9, 84, 84, 3), dtype=torch.uint8)
+    offsets = torch.tensor([[dy, dx] for dy in (0, 4, 8) for dx in (0, 4, 7)])
+    sliced = shift_images(pixels, offsets, 4)  # the CPU path
+    assert torch.equal(sliced, gather_shift(pixels, offsets, 4))  # the GPU path
+    assert torch.equal(sliced[4], pixels[4])  # offset (4, 4) is no shift
+    assert torch.equal(sliced[0, 4:, 4:], pixels[0, :-4, :-4])  # moved down and right
 
 
 def test_fast_mish_matches_mish() -> None:
