@@ -156,8 +156,10 @@ class RunConfig:
     """Online updates per environment step collected (after each episode)."""
     eval_episodes: int = 10
     """Episodes per evaluation."""
-    action_repeat: int = 2
-    """Environment steps per agent action (2 for xArm)."""
+    action_repeat: int = 1
+    """Environment steps per agent action, for gymnasium envs that do not repeat actions
+    themselves. 1 for the project's xArm tasks: one of their steps already runs the paper's
+    action repeat of 2 (``tasks.TaskSpec.action_repeat``), 25 agent steps an episode."""
     max_episode_steps: int = 0
     """Agent steps before an episode is truncated (0: the environment's own limit)."""
     log_every: int = 100
