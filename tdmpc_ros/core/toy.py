@@ -1,12 +1,16 @@
 """A point mass that must reach a goal: a fast gymnasium task for tests and experiments.
 
-State (6,): position (2), velocity (2), goal (2), all in [-1, 1]; goals are drawn from the box
-``goal_low``..``goal_high`` (a narrower box makes a dataset that an online phase must extend).
-Action (2,) in [-1, 1] accelerates the mass; velocity is damped, position is clipped to the
-arena. Reward is the negative distance to the goal after the step; reaching within
-``goal_radius`` terminates the episode with success, otherwise it is truncated after
-``max_steps``. With ``observation="dict"`` the observation is the project's dict: ``state``
-(6,), ``proprio`` (position and velocity, 4,) and ``pixels`` (84, 84, 3) uint8, a top view.
+State (8,): position (2), velocity (2), goal (2) and wind (2), all in [-1, 1]. Action (2,) in
+[-1, 1] accelerates the mass; velocity is damped; the wind moves the mass by a constant offset
+every step; position is clipped to the arena. Reward is the negative distance to the goal
+after the step; reaching within ``goal_radius`` terminates the episode with success, otherwise
+it is truncated after ``max_steps``. Goals are drawn from the box ``goal_low``..``goal_high``.
+
+A dataset made without wind and a finetuning phase with wind is a small version of the paper's
+setting: the wind is seen in the state but its effect was never in the data, so a pretrained
+model cannot know it and must learn it online. With ``observation="dict"`` the observation is
+the project's dict: ``state`` (8,), ``proprio`` (position and velocity, 4,) and ``pixels``
+(84, 84, 3) uint8, a top view.
 
 ``expert_action`` is a scripted controller for making offline datasets (add noise to it).
 """
@@ -32,6 +36,7 @@ class PointMassEnv(gym.Env):
                  damping: float = 0.5, step_size: float = 0.15, image_size: int = 84,
                  goal_low: tuple[float, float] = (-0.8, -0.8),
                  goal_high: tuple[float, float] = (0.8, 0.8),
+                 wind: tuple[float, float] = (0.0, 0.0),
                  render_mode: str | None = "rgb_array") -> None:
         if observation not in ("state", "dict"):
             raise ValueError(f"observation must be 'state' or 'dict', got {observation!r}")
@@ -43,8 +48,9 @@ class PointMassEnv(gym.Env):
         self.image_size = image_size
         self.goal_low = np.asarray(goal_low, np.float32)
         self.goal_high = np.asarray(goal_high, np.float32)
+        self.wind = np.asarray(wind, np.float32)
         self.render_mode = render_mode
-        state_space = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
+        state_space = gym.spaces.Box(-1.0, 1.0, (8,), np.float32)
         if observation == "state":
             self.observation_space = state_space
         else:
@@ -74,7 +80,8 @@ class PointMassEnv(gym.Env):
     def step(self, action):
         action = np.clip(np.asarray(action, np.float32).reshape(2), -1.0, 1.0)
         self.velocity = np.clip(self.damping * self.velocity + action, -1.0, 1.0).astype(np.float32)
-        self.position = np.clip(self.position + self.step_size * self.velocity, -1.0, 1.0)
+        moved = self.position + self.step_size * self.velocity + self.wind
+        self.position = np.clip(moved, -1.0, 1.0)
         self.position = self.position.astype(np.float32)
         self.steps += 1
         distance = float(np.linalg.norm(self.goal - self.position))
@@ -83,7 +90,8 @@ class PointMassEnv(gym.Env):
         return self._observation(), -distance, success, truncated, {"success": success}
 
     def state(self) -> np.ndarray:
-        return np.concatenate([self.position, self.velocity, self.goal]).astype(np.float32)
+        parts = [self.position, self.velocity, self.goal, self.wind]
+        return np.concatenate(parts).astype(np.float32)
 
     def render(self) -> np.ndarray:
         image = np.full((self.image_size, self.image_size, 3), 40, np.uint8)
@@ -103,8 +111,8 @@ class PointMassEnv(gym.Env):
 def expert_action(state: np.ndarray, max_action: float = 1.0, damping: float = 0.5,
                   step_size: float = 0.15) -> np.ndarray:
     """A controller towards the goal with actions limited to ``max_action`` per axis."""
-    position, velocity, goal = state[:2], state[2:4], state[4:6]
-    wanted = (goal - position) / step_size - damping * velocity  # the velocity that lands on it
+    position, velocity, goal, wind = state[:2], state[2:4], state[4:6], state[6:8]
+    wanted = (goal - position - wind) / step_size - damping * velocity  # lands on the goal
     return np.clip(wanted, -max_action, max_action).astype(np.float32)
 
 

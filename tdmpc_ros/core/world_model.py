@@ -78,12 +78,21 @@ class ModelSpec:
 # ---- building blocks ------------------------------------------------------------------------
 
 
+class OutputLinear(nn.Linear):
+    """The last Linear of a head: always float32, also under bfloat16 autocast, so that
+    values, rewards, latents and actions are never rounded to bfloat16's 3 digits."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight, self.bias)
+
+
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """Linear, LayerNorm, Mish, Linear, LayerNorm, Mish, Linear."""
     return nn.Sequential(
         nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.Mish(),
         nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.Mish(),
-        nn.Linear(hidden, out_dim),
+        OutputLinear(hidden, out_dim),
     )
 
 
@@ -137,7 +146,8 @@ class QEnsemble(nn.Module):
         """x (N, in) -> values (E, N), or (len(heads), N) for a subset of heads."""
         h = torch.tanh(self.norm1(self.fc1(x, heads), heads))
         h = F.elu(self.fc2(h, heads))
-        return self.fc3(h, heads).squeeze(-1)
+        with torch.autocast(h.device.type, enabled=False):  # values in float32 (OutputLinear)
+            return self.fc3(h.float(), heads).squeeze(-1)
 
 
 class StateEncoder(nn.Module):
@@ -146,7 +156,7 @@ class StateEncoder(nn.Module):
     def __init__(self, in_dim: int, hidden: int, latent_dim: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ELU(), nn.Linear(hidden, latent_dim),
+            nn.Linear(in_dim, hidden), nn.ELU(), OutputLinear(hidden, latent_dim),
             nn.LayerNorm(latent_dim), nn.Sigmoid(),
         )
 
@@ -169,7 +179,7 @@ class PixelEncoder(nn.Module):
         for kernel in (7, 5, 3, 3):
             side = (side - kernel) // 2 + 1
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels * side * side, latent_dim),
+            nn.Flatten(), OutputLinear(channels * side * side, latent_dim),
             nn.LayerNorm(latent_dim), nn.Sigmoid(),
         )
 
