@@ -12,6 +12,7 @@ from tdmpc_ros.core.world_model import (
     ModelSpec,
     PlanningModel,
     WorldModel,
+    fast_elu,
     fast_mish,
     gather_shift,
     obs_to_tensors,
@@ -197,3 +198,8 @@ def test_spec_checks_the_observations() -> None:
                    ModelSpec({"pixels": (64, 64, 3)}, 2))
     spec = SPECS["pixels+proprio"]
     assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_fast_elu_matches_elu() -> None:
+    x = torch.linspace(-50, 50, 10001)
+    torch.testing.assert_close(fast_elu(x.clone()), F.elu(x), atol=1e-6, rtol=1e-6)
