@@ -80,10 +80,11 @@ class LearnerConfig:
     """Updates between two moving-average steps of the target network."""
     action_clip_eps: float = 1e-5
     """Dataset actions are clipped to [-1 + eps, 1 - eps] when they enter a buffer."""
-    precision: str = "float32"
-    """Matrix products of the update: "float32" (the paper's), "bfloat16" (autocast: products
-    in bfloat16, weights, optimiser and losses in float32; about 1.7x faster on CPUs with AMX),
-    or "auto" (bfloat16 where the hardware multiplies it natively, as for the planner)."""
+    precision: str = "auto"
+    """Matrix products of the update: "float32" (the paper's arithmetic), "bfloat16" (autocast:
+    hidden-layer products in bfloat16; weights, optimiser state, losses, LayerNorm and every
+    output layer in float32; about 1.7x faster on CPUs with AMX), or "auto" (bfloat16 where the
+    hardware multiplies it natively: CPUs with AMX, CUDA GPUs of compute capability >= 8.0)."""
 
 
 @dataclass
