@@ -19,7 +19,7 @@ SPEC = ModelSpec({"state": (6,)}, 2)
 
 def small_config(**overrides) -> Config:
     base = {"model.mlp_dim": 32, "model.enc_dim": 16, "device": "cpu", "seed": 0,
-            "learner.batch_size": 16}
+            "learner.batch_size": 16, "learner.precision": "float32"}  # exact arithmetic
     base.update(overrides)
     return Config().replace(**base)
 
