@@ -95,6 +95,10 @@ def run(processes: Sequence[Process], environment: dict[str, str] | None = None)
     first failing process's exit code otherwise.
     """
     stop_requested = threading.Event()
+    environment = dict(os.environ if environment is None else environment)
+    # Every line out as it is written, so nothing is lost if a node is killed.
+    environment.setdefault("PYTHONUNBUFFERED", "1")
+    environment.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
 
     def request_stop(signum: int, _frame: object) -> None:
         stop_requested.set()

@@ -27,4 +27,5 @@ def ros_env() -> Iterator[dict[str, str]]:
     environment["ROS_DOMAIN_ID"] = str(next_domain_id())
     environment["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     environment["PYTHONUNBUFFERED"] = "1"
+    environment["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
     yield environment

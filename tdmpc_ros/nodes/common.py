@@ -137,6 +137,9 @@ def run(node_class: Callable[[], Node], threads: int = 1) -> None:
     code = 0
     try:
         node = node_class()
+        start = getattr(node, "start", None)  # work that must not begin half-built
+        if start is not None:
+            start()
         executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else None
         if executor is None:
             rclpy.spin(node)

@@ -101,11 +101,14 @@ class Learner(Node):
         self.create_timer(0.5, self.maybe_publish)
         self.running = True
         self.trainer = threading.Thread(target=self.train, name="trainer", daemon=True)
-        self.trainer.start()
         self.get_logger().info(
             f"from {path}: {len(self.agent.replay.offline)} offline and "
             f"{len(self.agent.replay.online)} online transitions, device {self.agent.device}")
+
+    def start(self) -> None:
+        """Called by common.run once the node is built: first weights, then training."""
         self.publish_weights()  # the planner starts from the learner's version numbering
+        self.trainer.start()
 
     def _load_data(self) -> None:
         replay = self.agent.replay
@@ -218,8 +221,9 @@ class Learner(Node):
 
     def close(self) -> None:
         self.running = False
-        self.trainer.join(timeout=10)
-        self.save_checkpoint()
+        if self.trainer.is_alive():
+            self.trainer.join(timeout=10)
+            self.save_checkpoint()
 
 
 def main() -> None:

@@ -250,7 +250,6 @@ def test_killed_recorder_and_learner_come_back_and_lose_nothing_recorded(ros_env
     assert summary["results"][-1]["recorded_steps"] == 10 == summary["results"][-1]["steps"]
     assert summary["results"][0]["recorded_steps"] == 10
     assert "resumed" in group.log("replay_recorder")
-    assert "published weights" in group.log("learner").split("from ")[-1]
     planner_log = group.log("planner")
     new_runs = {w.run_id for w in weights} - runs_before
     assert new_runs and planner_log.count("now planning with weights") >= 2
