@@ -431,7 +431,8 @@ class PlanningModel:
         pi_first = _fold_layer_norm(t(pi[0])[None], pi[0].bias[None, None],
                                     pi[1].weight[None, None], pi[1].bias[None, None])
         return {
-            "w1": first["weight"].to(low).contiguous(), "c1": first["bias"].to(low),
+            # the LayerNorm shift c rides in the product as one more input row (input 1)
+            "w1": torch.cat([first["weight"], first["bias"]], 1).to(low).contiguous(),
             "cov1": first["cov"].float().contiguous(),
             "w2": w2.to(low).contiguous(), "b2": b2.to(low),
             # the second LayerNorm of dynamics and reward (the Q heads have none)
@@ -477,8 +478,8 @@ class PlanningModel:
         """The policy prior's mean action, (N, A)."""
         x = _with_ones(z)
         scale = _inverse_std(x, self.pi_cov1[None])[0]  # (N,)
-        h = torch.addmm(self.pi_c1, (x * scale[:, None]).to(self.dtype), self.pi_w1)
-        h = torch.addmm(self.pi_b2, fast_mish(h.float()).to(self.dtype), self.pi_w2).float()
+        h = torch.addmm(self.pi_c1, (x * scale[:, None]).to(self.dtype), self.pi_w1).float()
+        h = torch.addmm(self.pi_b2, fast_mish(h).to(self.dtype), self.pi_w2).float()
         h = fast_mish(F.layer_norm(h, h.shape[-1:], self.pi_g2, self.pi_c2))
         return torch.tanh(torch.addmm(self.pi_b3, h, self.pi_w3))
 
@@ -487,8 +488,9 @@ class PlanningModel:
         ``self.dtype``: Mish for dynamics (0) and reward (1), tanh for the Q heads (2..)."""
         x = _with_ones(torch.cat([z, a], -1))
         scale = _inverse_std(x, self.cov1[first:heads])  # (K, N)
-        scaled = (x[None] * scale[:, :, None]).to(self.dtype)
-        pre = torch.baddbmm(self.c1[first:heads], scaled, self.w1[first:heads]).float()
+        scaled = torch.cat([x[None] * scale[:, :, None], x[None, :, -1:].expand(len(scale), -1, -1)],
+                           -1).to(self.dtype)  # [x / std(h), 1]
+        pre = torch.bmm(scaled, self.w1[first:heads]).float()
         hidden = torch.empty(pre.shape, dtype=self.dtype, device=pre.device)
         mish_heads = max(0, 2 - first)
         if mish_heads:
