@@ -488,8 +488,8 @@ class PlanningModel:
         ``self.dtype``: Mish for dynamics (0) and reward (1), tanh for the Q heads (2..)."""
         x = _with_ones(torch.cat([z, a], -1))
         scale = _inverse_std(x, self.cov1[first:heads])  # (K, N)
-        scaled = torch.cat([x[None] * scale[:, :, None], x[None, :, -1:].expand(len(scale), -1, -1)],
-                           -1).to(self.dtype)  # [x / std(h), 1]
+        ones = x[None, :, -1:].expand(len(scale), -1, -1)
+        scaled = torch.cat([x[None] * scale[:, :, None], ones], -1).to(self.dtype)  # [x/std, 1]
         pre = torch.bmm(scaled, self.w1[first:heads]).float()
         hidden = torch.empty(pre.shape, dtype=self.dtype, device=pre.device)
         mish_heads = max(0, 2 - first)
