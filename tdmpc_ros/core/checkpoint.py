@@ -134,6 +134,7 @@ def load_weights_into(model: WorldModel, data: bytes) -> dict[str, Any]:
             if source is not None:
                 value.copy_(source)
     model.weights_version = header["weights_version"]
+    model.mark_changed()
     return header
 
 

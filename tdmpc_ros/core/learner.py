@@ -145,6 +145,7 @@ class Learner:
         self.steps += 1
         if self.steps % lr.target_update_every == 0:
             self.update_targets()
+        model.mark_changed()
         with torch.no_grad():
             priority = (rho * q_error.abs().mean(0)).sum(0).clamp(max=1e4)
             values = torch.stack([

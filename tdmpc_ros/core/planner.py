@@ -147,7 +147,7 @@ class Planner:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
         self._model: LatentModel | None = None if isinstance(model, WorldModel) else model
-        self._fingerprint: tuple[int, int] | None = None
+        self._fingerprint: tuple[int, int, int] | None = None
         self._prev_mean: Tensor | None = None
         self._graph: Any = None
         p = config.planner

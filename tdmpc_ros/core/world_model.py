@@ -284,6 +284,13 @@ class WorldModel(nn.Module):
         self.target_q = copy.deepcopy(self.q).requires_grad_(False)
         self.weights_version = 0
         """Set by whoever publishes weights; reported in plan summaries and episodes."""
+        self.revision = 0
+        """Counts changes of the weights (learner updates, loaded checkpoints); a planner
+        refreshes its copy when it changes. Call ``mark_changed`` after editing weights."""
+
+    def mark_changed(self) -> None:
+        """Tell planners of this model that its weights changed."""
+        self.revision += 1
 
     @property
     def action_dim(self) -> int:
@@ -524,12 +531,13 @@ def _fold_layer_norm(weight: Tensor, bias: Tensor, gain: Tensor, shift: Tensor
             "cov": cov.float()}
 
 
-def parameter_fingerprint(model: nn.Module) -> tuple[int, int]:
-    """Changes whenever a parameter is written in place (optimiser step, load_state_dict)."""
+def parameter_fingerprint(model: WorldModel) -> tuple[int, int, int]:
+    """Changes when the weights change: the model's revision (bumped by the learner and by
+    loading weights) and torch's in-place write counters (which fused optimisers skip)."""
     total = 0
     for parameter in model.parameters():
-        total += parameter._version  # torch's in-place write counter
-    return id(model), total
+        total += parameter._version
+    return id(model), model.revision, total
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -240,3 +240,23 @@ def test_bfloat16_scores_agree_with_float32() -> None:
     difference = (scores["float32"] - scores["bfloat16"]).abs().max()
     assert float(difference) < 0.02 * float(scores["float32"].abs().max()) + 0.01
     assert float(scores["float32"].std()) > 10 * float(difference)  # the ranking survives
+
+
+def test_planner_follows_learner_updates() -> None:
+    from tdmpc_ros.core.learner import Learner
+    from tdmpc_ros.core.replay import Batch
+
+    cfg = config(**{"model.mlp_dim": 32, "planner.num_samples": 32, "planner.num_elites": 4,
+                    "learner.batch_size": 8, "learner.target_update_every": 1000})
+    model = WorldModel(cfg, ModelSpec({"state": (6,)}, 2))
+    planner = Planner(model, cfg)
+    planner.plan({"state": np.zeros(6, np.float32)})
+    batch = Batch(obs={"state": torch.randn(6, 8, 6)}, action=torch.rand(5, 8, 2) * 2 - 1,
+                  reward=torch.randn(5, 8), terminated=torch.zeros(5, 8), valid=torch.ones(5, 8),
+                  weight=torch.ones(8), source=np.zeros(8, np.int64), index=np.arange(8))
+    Learner(model, cfg).update(batch)  # a fused optimiser step, no target update
+    z, a = torch.rand(4, 50), torch.rand(4, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(planner.model.q(z, a), model.q_values(z, a), atol=1e-5,
+                                   rtol=1e-4)
+        torch.testing.assert_close(planner.model.pi(z), model.policy(z), atol=1e-5, rtol=1e-4)
