@@ -203,22 +203,25 @@ class Planner:
         samples, num_pi = p.num_samples, self.num_pi
         actions, values = self._actions, self._values
 
-        if num_pi > 0:  # policy trajectories: rolled out and scored once per plan
-            pi_actions, pi_values = self._policy_rollout(model, z0, num_pi)
-            actions[:, samples:] = pi_actions
-            values[samples:] = pi_values
-
         action_dim = actions.shape[-1]
         mean = torch.zeros(horizon, action_dim, device=self.device)
         std = torch.full((horizon, action_dim), p.max_std, device=self.device)
         if p.warm_start and self._prev_mean is not None:
             mean[:-1] = self._prev_mean[1:]
 
-        for _ in range(p.iterations):
+        for iteration in range(p.iterations):
             noise = torch.randn(horizon, samples, action_dim, device=self.device, generator=gen)
             torch.addcmul(mean[:, None], std[:, None], noise, out=actions[:, :samples])
             actions[:, :samples].clamp_(-1.0, 1.0)
-            values[:samples] = self._score_gaussian(model, z0, actions[:, :samples])
+            if iteration == 0 and num_pi > 0:
+                # the policy trajectories join the first batch: their actions are drawn from
+                # the noisy policy prior during the rollout, their scores kept for the rest
+                policy_noise = self._policy_noise(horizon * num_pi, action_dim)
+                values[:] = self._score(
+                    model, z0, actions, self._policy_noise(samples + num_pi, action_dim),
+                    self._head_pair(model.num_q), policy_noise.view(horizon, num_pi, -1))
+            else:
+                values[:samples] = self._score_gaussian(model, z0, actions[:, :samples])
             elite_values, elite_idx = torch.topk(values, p.num_elites, sorted=True)
             elite_actions = actions[:, elite_idx]  # (H, K, A)
             weights = torch.exp(p.temperature * (elite_values - elite_values[0]))
@@ -276,13 +279,19 @@ class Planner:
     # ---- internals ------------------------------------------------------------------------
 
     def _score(self, model: LatentModel, z0: Tensor, actions: Tensor, terminal_noise: Tensor,
-               head_pair: Tensor) -> Tensor:
-        """Deterministic given its inputs, so it can be compiled or captured in a CUDA graph."""
+               head_pair: Tensor, policy_noise: Tensor | None = None) -> Tensor:
+        """Scores of ``actions`` (H, N, A); deterministic given its inputs, so it can be compiled
+        or captured in a CUDA graph. With ``policy_noise`` (H, P, A), the last P sequences are
+        the policy prior's: their actions are written into ``actions`` during the rollout."""
         lam = self.config.planner.uncertainty_coef
         horizon, n = actions.shape[0], actions.shape[1]
+        policy_rows = 0 if policy_noise is None else policy_noise.shape[1]
         z = z0.expand(n, -1)
         total = torch.zeros(n, device=actions.device)
         for t in range(horizon):
+            if policy_rows:
+                prior = model.pi(z[n - policy_rows:]) + policy_noise[t]
+                actions[t, n - policy_rows:] = prior.clamp(-1.0, 1.0)
             z, reward, q = model.step(z, actions[t], with_q=lam > 0)
             if lam > 0:
                 reward = reward - lam * q.std(0)
@@ -337,27 +346,6 @@ class Planner:
 
     def _head_pair(self, num_q: int) -> Tensor:
         return torch.randperm(num_q, device=self.device, generator=self.generator)[:2]
-
-    def _policy_rollout(self, model: LatentModel, z0: Tensor, n: int) -> tuple[Tensor, Tensor]:
-        """Sample n sequences from the noisy policy prior and score them in the same pass."""
-        lam = self.config.planner.uncertainty_coef
-        horizon, action_dim = self.config.horizon, model.action_dim
-        actions = torch.empty(horizon, n, action_dim, device=self.device)
-        z = z0.expand(n, -1)
-        total = torch.zeros(n, device=self.device)
-        for t in range(horizon):
-            actions[t] = (model.pi(z) + self._policy_noise(n, action_dim)).clamp(-1.0, 1.0)
-            z, reward, q = model.step(z, actions[t], with_q=lam > 0)
-            if lam > 0:
-                reward = reward - lam * q.std(0)
-            total += self._gamma[t] * reward
-        terminal_action = (model.pi(z) + self._policy_noise(n, action_dim)).clamp(-1.0, 1.0)
-        q = model.q(z, terminal_action)
-        terminal = q[self._head_pair(model.num_q)].min(0).values
-        if lam > 0:
-            terminal = terminal - lam * q.std(0)
-        total += self._gamma[horizon] * terminal
-        return actions, torch.nan_to_num(total, nan=0.0)
 
     def _trace(self, model: LatentModel, z0: Tensor, actions: Tensor) -> dict[str, Any]:
         """Latents, rewards, Q statistics and the score's parts along one sequence (H, A)."""

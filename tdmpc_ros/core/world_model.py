@@ -12,7 +12,6 @@ bfloat16) so that a plan is a handful of large matrix products per step.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -538,17 +537,3 @@ def parameter_fingerprint(model: WorldModel) -> tuple[int, int, int]:
     for parameter in model.parameters():
         total += parameter._version
     return id(model), model.revision, total
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def latent_rollout_flops(config: Config, action_dim: int) -> float:
-    """Multiply-adds of one plan at ``config``'s settings (for the benchmark's context)."""
-    m, p = config.model, config.planner
-    zd = m.latent_dim + action_dim
-    head = zd * m.mlp_dim + m.mlp_dim * m.mlp_dim
-    per_step = (2 + m.num_q) * head if p.uncertainty_coef > 0 else 2 * head
-    per_sequence = config.horizon * per_step + (m.num_q + 1) * head
-    return float(p.iterations * p.num_samples * per_sequence) * 2.0 / math.pow(10, 9)
