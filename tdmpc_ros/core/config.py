@@ -187,7 +187,9 @@ class Config:
     device: str = "auto"
     """"cpu", "cuda", "cuda:N", or "auto" (cuda when available)."""
     threads: int = 0
-    """torch CPU threads (0: leave torch's default)."""
+    """torch CPU threads (0: leave torch's default, one per core). Where processes share few
+    cores (planner and learner nodes on a 2-core computer) give each fewer: oversubscribed
+    thread pools spin and stall, which slowed small models here by 10x or more."""
 
     # ---- conversion -------------------------------------------------------------------------
 
