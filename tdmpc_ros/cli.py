@@ -5,8 +5,9 @@
     tdmpc-ros eval     --checkpoint CKPT --env ID [--episodes N]
 
 ``--env`` takes any gymnasium id with Box actions: Box observations become the ``state`` input,
-Dict observations (keys ``state``, ``proprio``, ``pixels``) are the project's own sim tasks; an
-id of the form ``module:Env-v0`` imports ``module`` first. ``--dataset`` reads directories of
+Dict observations (keys ``state``, ``proprio``, ``pixels``) are the project's own sim tasks
+(``tdmpc_ros/XArmReach-v0`` and the others of ``tdmpc_ros.sim``; ``tdmpc_ros/PointMass-v0`` is a
+fast toy task); an id of the form ``module:Env-v0`` imports ``module`` first. ``--dataset`` reads directories of
 episode files (``tdmpc_ros.core.episodes``). Settings come from the defaults, then
 ``--config FILE.yaml``, then ``--set section.field=value`` (repeatable). Each run writes its
 config, checkpoints and ``metrics.jsonl`` under ``--out`` and prints a progress line every
@@ -246,6 +247,8 @@ def _save_config(out: Path, config: Config, spec: ModelSpec) -> None:
 
 
 def _make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    if env_id.startswith("tdmpc_ros/") and env_id not in gym.registry:
+        import tdmpc_ros.sim  # noqa: F401  registers the project's simulated tasks (MuJoCo)
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as error:
