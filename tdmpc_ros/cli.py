@@ -7,11 +7,11 @@
 ``--env`` takes any gymnasium id with Box actions: Box observations become the ``state`` input,
 Dict observations (keys ``state``, ``proprio``, ``pixels``) are the project's own sim tasks
 (``tdmpc_ros/XArmReach-v0`` and the others of ``tdmpc_ros.sim``; ``tdmpc_ros/PointMass-v0`` is a
-fast toy task); an id of the form ``module:Env-v0`` imports ``module`` first. ``--dataset`` reads directories of
-episode files (``tdmpc_ros.core.episodes``). Settings come from the defaults, then
-``--config FILE.yaml``, then ``--set section.field=value`` (repeatable). Each run writes its
-config, checkpoints and ``metrics.jsonl`` under ``--out`` and prints a progress line every
-``run.log_every`` updates.
+fast toy task); an id of the form ``module:Env-v0`` imports ``module`` first. ``--dataset``
+reads directories of episode files (``tdmpc_ros.core.episodes``). Settings come from the
+defaults, then ``--config FILE.yaml``, then ``--set section.field=value`` (repeatable). Each run
+writes its config, checkpoints and ``metrics.jsonl`` under ``--out`` and prints a progress line
+every ``run.log_every`` updates.
 """
 
 from __future__ import annotations
