@@ -92,6 +92,13 @@ class Diagnostics:
 
     def _publish(self) -> None:
         level, message, values = self._report()
+        # Writer-side matches of every stream this node publishes: the trial supervisor starts
+        # a trial only once each stream reaches all its readers (DDS drops what a writer sends
+        # before it has matched a reader).
+        for topic_publisher in self._node.publishers:
+            name = topic_publisher.topic_name
+            if name not in ("/rosout", "/parameter_events", "/diagnostics"):
+                values[f"readers {name}"] = topic_publisher.get_subscription_count()
         status = DiagnosticStatus(level=bytes([level]), name=self._node.get_fully_qualified_name(),
                                   message=message, hardware_id=graph.PACKAGE)
         status.values = [KeyValue(key=str(key), value=str(value)) for key, value in values.items()]

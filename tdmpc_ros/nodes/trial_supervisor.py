@@ -34,20 +34,19 @@ from tdmpc_ros.nodes.common import (
 from tdmpc_ros.nodes.observations import ObservationAssembler
 from tdmpc_ros.tasks import get_task
 
-# topic -> (publishers, subscribers) there must be before the first trial: the driver's state
-# goes to planner, recorder and supervisor; the world state also to the camera; the camera's
-# frames to the recorder; the recorder's transitions to the learner, whose first weights (sent
-# once it has loaded its data) reach the planner; the planner's actions to the driver.
+# topic -> readers its writer must have matched before a trial starts (from the writers' own
+# diagnostics): the driver's state goes to planner, recorder and supervisor; the world state also
+# to the camera; the camera's frames to the recorder; the planner's actions to the driver,
+# recorder and supervisor; the recorder's transitions to the learner and supervisor; the
+# learner's weights (sent once it has loaded its data) to the planner.
 READY_WHEN = {
-    "robot/state": (1, 3),
-    "world/state": (1, 4),
-    "camera/image_raw": (1, 1),
-    "replay/transitions": (1, 1),
-    "learner/weights": (1, 1),
-    "robot/action": (1, 2),
+    "robot/state": 3,
+    "world/state": 4,
+    "camera/image_raw": 1,
+    "robot/action": 3,
+    "replay/transitions": 2,
+    "learner/weights": 1,
 }
-
-
 RECORDER_SILENCE_S = 2.0  # no recorder heartbeat for this long: it is down
 FINISH_GRACE_S = 10.0  # at the end, wait this long at most for the last step to be recorded
 
@@ -104,6 +103,7 @@ class TrialSupervisor(Node):
                   lambda message: self.recorded.add((message.episode_id, message.step)))
         self.finishing_since: float | None = None
         self.recorder_heard = 0.0  # when the recorder last said all its inputs are matched
+        self.readers: dict[str, tuple[int, float]] = {}  # topic -> (matched readers, when)
         subscribe(self, "/diagnostics", self.on_diagnostics)
         self.create_timer(0.2, self.tick)
         Diagnostics(self, self.diagnostics)
@@ -117,18 +117,22 @@ class TrialSupervisor(Node):
         misses the first step of the first trial."""
         present = set(self.get_node_names())
         missing = [node.name for node in graph.NODES if node.name not in present]
-        for name, (publishers, subscribers) in READY_WHEN.items():
-            if (self.count_publishers(name) < publishers
-                    or self.count_subscribers(name) < subscribers):
-                missing.append(f"{name} ({self.count_publishers(name)} publishers, "
-                               f"{self.count_subscribers(name)} subscribers)")
+        now = time.monotonic()
+        for name, wanted in READY_WHEN.items():
+            readers, heard = self.readers.get(self.resolve_topic_name(name), (0, 0.0))
+            if readers < wanted or now - heard > RECORDER_SILENCE_S:
+                missing.append(f"{name} ({readers} of {wanted} readers)")
         if not self.recorder_alive():
             missing.append("the replay recorder's heartbeat with every input matched")
         self.waiting_for = ", ".join(missing)
         return not missing
 
     def on_diagnostics(self, array: Any) -> None:
+        now = time.monotonic()
         for status in array.status:
+            for item in status.values:
+                if item.key.startswith("readers "):
+                    self.readers[item.key.removeprefix("readers ")] = (int(item.value), now)
             if status.name.endswith("/replay_recorder"):
                 values = {item.key: item.value for item in status.values}
                 if values.get("inputs_matched") == "True":
