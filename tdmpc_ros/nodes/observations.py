@@ -82,12 +82,9 @@ class ObservationAssembler:
         table[stamp_key(message.header.stamp)] = message
         while len(table) > self.keep:
             table.popitem(last=False)
-        if type(message) is RobotState:
-            return self._complete(stamp_key(message.header.stamp))
-        if type(message) is WorldState:
-            return self._complete(stamp_key(message.header.stamp))
-        # an image may complete the robot state it was taken with, or the nearest one
-        return self._complete(self._nearest_robot(message.header.stamp))
+        if type(message) is Image:  # completes the robot state it was taken with, or the nearest
+            return self._complete(self._nearest_robot(message.header.stamp))
+        return self._complete(stamp_key(message.header.stamp))
 
     def _nearest_robot(self, stamp: Any) -> tuple[int, int] | None:
         key = stamp_key(stamp)

@@ -185,7 +185,7 @@ class ReplayRecorder(Node):
                                           "earlier steps are lost to this recorder")
             self.get_logger().info(f"recording {episode_id}")
             running = self.running[episode_id] = _Running(episode_id, first_step=step)
-            running.observations.append(self._inputs(observation))
+            running.observations.append(observation.model_inputs(self.spec))
             self.last_observation[episode_id] = observation
             return
         if step != running.first_step + running.steps + 1:
@@ -198,14 +198,10 @@ class ReplayRecorder(Node):
 
     # --- recording -----------------------------------------------------------------------------
 
-    def _inputs(self, observation: Observation) -> dict[str, np.ndarray]:
-        inputs = observation.model_inputs(self.spec)
-        return inputs
-
     def _record(self, running: _Running, before: Observation | None, after: Observation,
                 command: ActionCommand) -> None:
         reward, success = after.reward_and_success(self.spec)
-        running.observations.append(self._inputs(after))
+        running.observations.append(after.model_inputs(self.spec))
         running.actions.append(np.asarray(command.action, np.float32))
         running.rewards.append(float(reward))
         running.success.append(bool(success))
