@@ -41,6 +41,13 @@ from tdmpc_ros.nodes.observations import Observation, ObservationAssembler
 from tdmpc_ros.tasks import get_task
 
 ENDING_GRACE_S = 5.0
+
+
+def event_key(kind: int, episode_id: str) -> str:
+    """How the recorder's heartbeat names the newest episode event it has seen."""
+    return f"{'START' if kind == EpisodeEvent.START else 'END'} {episode_id}"
+
+
 SOURCES = {"sim": Transition.SOURCE_SIM, "real": Transition.SOURCE_REAL,
            "gazebo": Transition.SOURCE_GAZEBO}
 
@@ -104,6 +111,8 @@ class ReplayRecorder(Node):
         self.ended: set[str] = set()
         self.ending: dict[str, tuple[int, float]] = {}  # episode -> (its length, when it ended)
         self.recorded = 0
+        self.started = time.monotonic()
+        self.last_event = ""  # "<START|END> <episode id>" of the newest event seen
         self.episodes_written = 0
         self.write_failures = 0
         self._resume()
@@ -150,16 +159,22 @@ class ReplayRecorder(Node):
                 del self.actions[key]
 
     def on_event(self, event: EpisodeEvent) -> None:
+        if event.event in (EpisodeEvent.START, EpisodeEvent.END):
+            self.last_event = event_key(event.event, event.episode_id)
         if event.event == EpisodeEvent.END and event.episode_id not in self.ended:
             # The END can overtake the last step's camera frame: finish once that step is in,
             # or after a grace period.
             self.ending[event.episode_id] = (event.length, time.monotonic())
             self._finish_ended()
         elif event.event == EpisodeEvent.START:
-            # An episode still open, not ending and not this one, ended while we were away.
-            for episode_id in list(self.running):
-                if episode_id != event.episode_id and episode_id not in self.ending:
-                    self.ending[episode_id] = (0, time.monotonic())
+            self._close_others(event.episode_id)
+
+    def _close_others(self, current: str) -> None:
+        """The robot runs one episode at a time: one still open, not ending and not
+        ``current``, ended while we were away (or its END was missed)."""
+        for episode_id in list(self.running):
+            if episode_id != current and episode_id not in self.ending:
+                self.ending[episode_id] = (0, time.monotonic())
 
     def _finish_ended(self) -> None:
         now = time.monotonic()
@@ -184,6 +199,7 @@ class ReplayRecorder(Node):
                 self.get_logger().warning(f"{episode_id}: first seen at step {step}; its "
                                           "earlier steps are lost to this recorder")
             self.get_logger().info(f"recording {episode_id}")
+            self._close_others(episode_id)
             running = self.running[episode_id] = _Running(episode_id, first_step=step)
             running.observations.append(observation.model_inputs(self.spec))
             self.last_observation[episode_id] = observation
@@ -264,7 +280,8 @@ class ReplayRecorder(Node):
         # The supervisor starts a trial only when this says every input stream is matched.
         matched = all(subscription.get_publisher_count() > 0 for subscription in self.inputs)
         return level, f"{self.recorded} steps, {self.episodes_written} episodes", {
-            "inputs_matched": matched, "steps_recorded": self.recorded,
+            "inputs_matched": matched, "last_event": self.last_event,
+            "up_s": round(time.monotonic() - self.started, 1), "steps_recorded": self.recorded,
             "episodes_written": self.episodes_written, "running": ",".join(self.running),
             "write_failures": self.write_failures}
 

@@ -32,6 +32,7 @@ from tdmpc_ros.nodes.common import (
     subscribe,
 )
 from tdmpc_ros.nodes.observations import ObservationAssembler
+from tdmpc_ros.nodes.replay_recorder import event_key
 from tdmpc_ros.tasks import get_task
 
 # topic -> readers its writer must have matched before a trial starts (from the writers' own
@@ -48,6 +49,7 @@ READY_WHEN = {
     "learner/weights": 1,
 }
 RECORDER_SILENCE_S = 2.0  # no recorder heartbeat for this long: it is down
+RECORDER_SETTLE_S = 2.0  # a (re)started recorder's streams need this long to match both ways
 FINISH_GRACE_S = 10.0  # at the end, wait this long at most for the last step to be recorded
 
 
@@ -103,6 +105,7 @@ class TrialSupervisor(Node):
                   lambda message: self.recorded.add((message.episode_id, message.step)))
         self.finishing_since: float | None = None
         self.recorder_heard = 0.0  # when the recorder last said all its inputs are matched
+        self.last_event = ""  # the recorder must have seen it before the next trial starts
         self.readers: dict[str, tuple[int, float]] = {}  # topic -> (matched readers, when)
         subscribe(self, "/diagnostics", self.on_diagnostics)
         self.create_timer(0.2, self.tick)
@@ -123,7 +126,8 @@ class TrialSupervisor(Node):
             if readers < wanted or now - heard > RECORDER_SILENCE_S:
                 missing.append(f"{name} ({readers} of {wanted} readers)")
         if not self.recorder_alive():
-            missing.append("the replay recorder's heartbeat with every input matched")
+            missing.append("the replay recorder's heartbeat: up, every input matched, and the "
+                           "last episode event seen")
         self.waiting_for = ", ".join(missing)
         return not missing
 
@@ -135,7 +139,9 @@ class TrialSupervisor(Node):
                     self.readers[item.key.removeprefix("readers ")] = (int(item.value), now)
             if status.name.endswith("/replay_recorder"):
                 values = {item.key: item.value for item in status.values}
-                if values.get("inputs_matched") == "True":
+                if (values.get("inputs_matched") == "True"
+                        and values.get("last_event", "") == self.last_event
+                        and float(values.get("up_s", "0")) >= RECORDER_SETTLE_S):
                     self.recorder_heard = time.monotonic()
 
     def recorder_alive(self) -> bool:
@@ -215,6 +221,7 @@ class TrialSupervisor(Node):
               f"{len(self.results)}" + (f" | ended: {detail}" if detail else ""), flush=True)
         self.trial = None
         self.ready_since = None
+        self.recorder_heard = 0.0  # the next trial waits for a heartbeat that has seen this END
         if len(self.results) >= self.params.trials:
             self.finishing_since = time.monotonic()  # tick() finishes once all is recorded
         # else tick() starts the next trial once the graph is whole again
@@ -232,6 +239,7 @@ class TrialSupervisor(Node):
             event.success, event.weights_version = trial.success, trial.weights_version
         event.reason, event.detail = reason, detail
         publish_checked(self.event_publisher, event)
+        self.last_event = event_key(kind, trial.episode_id)
 
     # --- the end -------------------------------------------------------------------------------
 

@@ -241,7 +241,8 @@ def test_killed_recorder_and_learner_come_back_and_lose_nothing_recorded(ros_env
     recorded = [(e.episode_id, e.extras["first_step"] + t) for e in episodes
                 for t in range(e.length)]
     assert len(recorded) == len(set(recorded)), "a step was recorded twice"
-    assert before_kill <= set(recorded), "steps recorded before the kill were lost"
+    assert before_kill <= set(recorded), ("steps recorded before the kill were lost:\n"
+                                          + group.log("replay_recorder"))
     # Steps executed while no recorder ran (or before a restarted one's streams were matched
     # again) are missing, and the summary says exactly where; the first trial, before the
     # kill, is whole, and the restarted recorder records again.
