@@ -150,6 +150,10 @@ class LaunchArgument:
 LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("backend", "sim", "which robot to drive: the MuJoCo simulator, a Gazebo "
                    "simulation, or the real xArm", ("sim", "gazebo", "real")),
+    LaunchArgument("robot_ip", "192.168.1.185", "backend:=real only: the xArm controller's IP "
+                   "address (the vendor's default; a direct cable to the control box is best)"),
+    LaunchArgument("camera_serial", "", "backend:=real only: the RealSense camera's serial "
+                   "number (empty: the only one connected)"),
     LaunchArgument("task", "reach", "the task to run trials of", ("reach", "push", "lift")),
     LaunchArgument("checkpoint", "", "the pretrained checkpoint to finetune (empty: the shipped "
                    "model for the task, models/<task>-state.safetensors)"),
@@ -199,8 +203,8 @@ def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]
     store = f"{run_dir}/episodes"
     parameters = {"task": arguments["task"], "use_sim_time": arguments["use_sim_time"]}
     parameters.update({
-        "camera": {"source": CAMERA_SOURCE[backend]},
-        "robot_driver": {"backend": backend},
+        "camera": {"source": CAMERA_SOURCE[backend], "serial": arguments["camera_serial"]},
+        "robot_driver": {"backend": backend, "robot_ip": arguments["robot_ip"]},
         "planner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"]},
         "replay_recorder": {"backend": backend, "store": store},
         "learner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"],

@@ -39,6 +39,7 @@ SOURCES = ("sim", "realsense", "opencv", "ros_topic")
 class CameraParams:
     task: str = param("task whose simulated scene to render (sim source)")
     source: str = param("sim, realsense, opencv or ros_topic")
+    serial: str = param("realsense: the camera's serial number (empty: the only one connected)")
     width: int = param("width of the published frames, the model's input (pixels)")
     height: int = param("height of the published frames (pixels)")
     frame_id: str = param("optical frame of the camera")

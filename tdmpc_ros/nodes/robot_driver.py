@@ -44,6 +44,7 @@ BACKENDS = ("sim", "real", "gazebo")
 class DriverParams:
     task: str = param("task whose workspace box, step limit and scene apply")
     backend: str = param("sim (MuJoCo), real (xArm) or gazebo")
+    robot_ip: str = param("real only: the xArm controller's IP address")
     base_frame: str = param("frame of every pose: the robot base")
     sim_seed: int = param("simulator only: seed of the scene of each trial (with the trial)")
     max_action_age_s: float = param("refuse an action computed from an observation older than "
