@@ -92,6 +92,8 @@ TOPICS: dict[str, Topic] = {topic.name: topic for topic in (
           "every executed step, once, for the learner's online buffer"),
     Topic("trial/events", "tdmpc_ros/msg/EpisodeEvent", "events",
           "episode start and end, with return, success and why it ended"),
+    Topic("trial/operator", "tdmpc_ros/msg/OperatorCommand", "command",
+          "the operator's success / failure marks, pause, resume and abort"),
     Topic("learner/weights", "tdmpc_ros/msg/ModelWeights", "weights",
           "new model weights (safetensors, checked by sha256 before use)"),
     Topic("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", "monitor",

@@ -30,6 +30,7 @@ from tdmpc_ros.msg import (
     EpisodeEvent,
     LatentPlan,
     ModelWeights,
+    OperatorCommand,
     RobotState,
     Transition,
     WorldState,
@@ -316,13 +317,21 @@ def check_model_weights(message: ModelWeights) -> None:
 
 def check_episode_event(message: EpisodeEvent) -> None:
     check_fields(message)
-    if message.event not in (EpisodeEvent.START, EpisodeEvent.END):
+    if message.event not in (EpisodeEvent.START, EpisodeEvent.END, EpisodeEvent.PAUSE,
+                             EpisodeEvent.RESUME):
         raise MessageError(f"EpisodeEvent.event: unknown event {message.event}")
     if not message.episode_id:
         raise MessageError("EpisodeEvent.episode_id: empty")
-    if message.reason > EpisodeEvent.REASON_ERROR:
+    if message.reason > EpisodeEvent.REASON_ABORTED:
         raise MessageError(f"EpisodeEvent.reason: unknown reason {message.reason}")
     _finite([message.episode_return], "EpisodeEvent.episode_return")
+
+
+def check_operator_command(message: OperatorCommand) -> None:
+    check_fields(message)
+    if message.command > OperatorCommand.ABORT:
+        raise MessageError(f"OperatorCommand.command: unknown command {message.command}; "
+                           "0 success, 1 failure, 2 pause, 3 resume, 4 abort")
 
 
 def check_robot_state(message: RobotState) -> None:
@@ -361,6 +370,7 @@ CHECKS: dict[type, Callable[[Any], None]] = {
     LatentPlan: check_latent_plan,
     ModelWeights: check_model_weights,
     EpisodeEvent: check_episode_event,
+    OperatorCommand: check_operator_command,
     RobotState: check_robot_state,
     WorldState: check_world_state,
     Image: lambda message: (check_fields(message), check_image(message)),

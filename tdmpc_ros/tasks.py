@@ -247,6 +247,13 @@ def is_grasping(
     return bool(near <= spec.object_half_size_m and gap <= 2 * spec.object_half_size_m + 0.01)
 
 
+def holds_something(spec: TaskSpec, gripper: float) -> bool:
+    """Whether the fingers are closed on an object, from the finger gap alone: narrower than
+    the cube plus 1 cm, yet kept at least 5 mm apart by something between them."""
+    gap = gripper * spec.gripper_stroke_m
+    return bool(0.005 <= gap <= 2 * spec.object_half_size_m + 0.01)
+
+
 def reward_and_success(
     spec: TaskSpec,
     ee_pos: Sequence[float] | np.ndarray,
@@ -263,7 +270,11 @@ def reward_and_success(
     - push: 0.3 for the TCP near the cube plus 0.7 for the cube near the goal (horizontal
       distance); success when the cube's centre is within 5 cm of the goal in x, y.
     - lift: 0.25 for the TCP near the cube, 0.25 for a grasp, 0.5 times the fraction of the 15 cm
-      lift reached; success when the cube is 15 cm above its resting height.
+      lift reached; success when the cube is 15 cm above its resting height. On the real arm,
+      where nothing sees the cube (``object_pos`` None), from proprioception alone: a grasp is
+      fingers closed on something (the gap neither open nor fully shut), and the lift is the
+      TCP's height above the cube's resting height while grasping; 0.5 for the grasp, 0.5 times
+      the lift fraction, success when grasping 15 cm up. The operator can overrule either way.
     """
     ee = _vector(ee_pos, "end-effector", spec.name)
     if spec.name == "reach":
@@ -277,6 +288,11 @@ def reward_and_success(
         to_object = float(np.linalg.norm(ee - obj))
         reward = 0.3 * _closeness(to_object, 10.0) + 0.7 * _closeness(to_goal, 5.0)
         return reward, to_goal < spec.success_distance_m
+    if spec.name == "lift" and object_pos is None:
+        grasp = holds_something(spec, gripper)
+        height = float(ee[2] - spec.object_rest_z)
+        lifted = min(max(height / spec.lift_height_m, 0.0), 1.0) if grasp else 0.0
+        return 0.5 * float(grasp) + 0.5 * lifted, grasp and height >= spec.lift_height_m
     if spec.name == "lift":
         obj = _vector(object_pos, "object", spec.name)
         height = float(obj[2] - spec.object_rest_z)

@@ -145,6 +145,11 @@ class Learner(Node):
         key = (message.episode_id, message.step)
         if key in self.seen or message.task != self.spec.name:
             return
+        if "state" in self.obs_keys and not len(message.state):
+            self.get_logger().error("transitions carry no state (the real arm does not see the "
+                                    "object); a state model cannot learn from them",
+                                    throttle_duration_sec=10.0)
+            return
         online = self.agent.replay.online
         with self.lock:
             if message.episode_id != self.open_episode:

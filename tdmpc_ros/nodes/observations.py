@@ -49,10 +49,17 @@ class Observation:
         }
 
     def model_inputs(self, spec: TaskSpec) -> dict[str, np.ndarray]:
-        """The observation dict of the core: state, proprio and (when there is a frame) pixels."""
+        """The observation dict of the core: state, proprio and (when there is a frame) pixels.
+
+        No ``state`` where the task's object or target is unknown (the real arm has no object
+        perception): only pixel and proprioception models run there.
+        """
         positions = self.positions()
-        inputs = {"state": state_vector(spec, **positions),
-                  "proprio": proprio_vector(positions["ee_pos"], positions["gripper"])}
+        inputs = {"proprio": proprio_vector(positions["ee_pos"], positions["gripper"])}
+        try:
+            inputs["state"] = state_vector(spec, **positions)
+        except ValueError:
+            pass
         if self.image is not None:
             inputs["pixels"] = msg_to_image(self.image)
         return inputs

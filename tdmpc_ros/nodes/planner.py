@@ -94,6 +94,7 @@ class Planner(Node):
         self.weights_run_id = ""  # a restarted learner starts a new run: its versions restart
         self.plans = 0
         self.skipped_stale = 0
+        self.unplannable = 0  # observations lacking an input the checkpoint needs
         self.weights_refused = 0
         self.last_weights_error = ""
         self.plan_ms: list[float] = []
@@ -156,8 +157,16 @@ class Planner(Node):
             self.episode_id = observation.robot.episode_id
             self.agent.reset()
         started = time.perf_counter()
-        action, summary = self.agent.act(observation.model_inputs(self.spec),
-                                         explore=self.params.explore)
+        inputs = observation.model_inputs(self.spec)
+        missing = [key for key in self.agent.model.obs_keys if key not in inputs]
+        if missing:  # e.g. a state model on the real arm, which does not see the object
+            self.unplannable += 1
+            self.get_logger().error(f"this checkpoint needs {missing}, which this robot does "
+                                    "not provide (a state model needs the object's position; "
+                                    "on the real arm use a pixel model); no action sent",
+                                    throttle_duration_sec=5.0)
+            return
+        action, summary = self.agent.act(inputs, explore=self.params.explore)
         command = ActionCommand()
         command.header.stamp = observation.stamp  # the observation's: latency is measurable
         command.header.frame_id = self.params.base_frame
@@ -222,14 +231,15 @@ class Planner(Node):
         return MarkerArray(markers=[path])
 
     def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
-        level = ERROR if self.weights_refused and not self.plans else (
+        level = ERROR if (self.weights_refused and not self.plans) or self.unplannable else (
             WARN if self.weights_refused or self.skipped_stale else OK)
         median = float(np.median(self.plan_ms)) if self.plan_ms else 0.0
         return level, f"{self.plans} plans, weights v{self.agent.model.weights_version}", {
             "plans": self.plans, "plan_ms_median": f"{median:.1f}",
             "weights_version": self.agent.model.weights_version,
             "weights_refused": self.weights_refused, "last_weights_error":
-            self.last_weights_error, "skipped_stale": self.skipped_stale}
+            self.last_weights_error, "skipped_stale": self.skipped_stale,
+            "unplannable": self.unplannable}
 
 
 def main() -> None:

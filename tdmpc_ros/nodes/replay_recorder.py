@@ -76,6 +76,7 @@ class _Running:
     rewards: list[float] = field(default_factory=list)
     success: list[bool] = field(default_factory=list)
     weights_version: list[int] = field(default_factory=list)
+    outcome: dict[str, Any] = field(default_factory=dict)  # the supervisor's END: the verdict
 
     @property
     def steps(self) -> int:
@@ -92,7 +93,8 @@ class _Running:
             actions=np.stack(self.actions), rewards=self.rewards,
             terminated=np.zeros(steps, bool), truncated=ends, success=self.success,
             episode_id=self.episode_id, task=task, source=source,
-            weights_version=self.weights_version, extras={"first_step": self.first_step})
+            weights_version=self.weights_version,
+            extras={"first_step": self.first_step, **self.outcome})
 
 
 class ReplayRecorder(Node):
@@ -165,6 +167,10 @@ class ReplayRecorder(Node):
             # The END can overtake the last step's camera frame: finish once that step is in,
             # or after a grace period.
             self.ending[event.episode_id] = (event.length, time.monotonic())
+            if event.episode_id in self.running:  # the verdict, operator's marks included
+                self.running[event.episode_id].outcome = {
+                    "success": bool(event.success), "reason": int(event.reason),
+                    "detail": event.detail}
             self._finish_ended()
         elif event.event == EpisodeEvent.START:
             self._close_others(event.episode_id)
@@ -242,7 +248,8 @@ class ReplayRecorder(Node):
         message.task = self.spec.name
         message.source = SOURCES[self.params.backend]
         message.proprio, message.next_proprio = then["proprio"].tolist(), now["proprio"].tolist()
-        message.state, message.next_state = then["state"].tolist(), now["state"].tolist()
+        if "state" in now:  # absent where the object is unknown (the real arm)
+            message.state, message.next_state = then["state"].tolist(), now["state"].tolist()
         if "pixels" in now:
             stamp = before.stamp if before is not None else after.stamp
             message.image = image_to_msg(then["pixels"], "rgb8", "camera", stamp)

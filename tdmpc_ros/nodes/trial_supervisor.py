@@ -3,9 +3,15 @@
 A trial starts with an EpisodeEvent START (the driver resets on it). Each robot state of the
 episode is judged by the task's own function (``tasks.reward_and_success``); the episode ends
 after the task's length (or ``max_steps``), or when no step arrives for ``step_timeout_s``
-(stale input). After ``trials`` trials it prints a summary, writes ``summary.json`` and a plot
-(success and weights version by trial) into ``run_dir``, and exits; the launcher then stops the
-rest of the graph.
+(stale input).
+
+The operator has the last word (``trial/operator``, from ``operator_console``): success or
+failure ends the running trial so marked (between trials it relabels the last one), pause holds
+the robot and the clock until resume, abort ends the trial and the run.
+
+After ``trials`` trials it prints a summary, writes ``summary.json`` and a plot (success and
+weights version by trial) into ``run_dir``, and exits; the launcher then stops the rest of the
+graph.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from rclpy.node import Node
 
 from tdmpc_ros import graph
 from tdmpc_ros.interfaces import publish_checked
-from tdmpc_ros.msg import ActionCommand, EpisodeEvent, RobotState
+from tdmpc_ros.msg import ActionCommand, EpisodeEvent, OperatorCommand, RobotState
 from tdmpc_ros.nodes.common import (
     OK,
     WARN,
@@ -104,6 +110,9 @@ class TrialSupervisor(Node):
         subscribe(self, "replay/transitions",
                   lambda message: self.recorded.add((message.episode_id, message.step)))
         self.finishing_since: float | None = None
+        self.paused = False
+        self.aborted = False
+        subscribe(self, "trial/operator", self.on_operator)
         self.recorder_heard = 0.0  # when the recorder last said all its inputs are matched
         self.last_event = ""  # the recorder must have seen it before the next trial starts
         self.readers: dict[str, tuple[int, float]] = {}  # topic -> (matched readers, when)
@@ -155,6 +164,8 @@ class TrialSupervisor(Node):
                     or now - self.finishing_since > FINISH_GRACE_S):
                 self.finish()
             return
+        if self.paused:
+            return  # the operator holds everything: no new trial, no stale-step clock
         if self.trial is None:
             if not self.graph_ready():
                 self.ready_since = None
@@ -205,6 +216,49 @@ class TrialSupervisor(Node):
         if trial.steps >= self.steps_per_trial:
             self.end_trial(EpisodeEvent.REASON_TIME_LIMIT, "")
 
+    # --- the operator -------------------------------------------------------------------------
+
+    def on_operator(self, command: OperatorCommand) -> None:
+        detail = command.detail or ""
+        if command.command in (OperatorCommand.SUCCESS, OperatorCommand.FAILURE):
+            success = command.command == OperatorCommand.SUCCESS
+            label = "success" if success else "failure"
+            if self.trial is not None:
+                self.trial.success = success
+                self.paused = False
+                self.end_trial(EpisodeEvent.REASON_OPERATOR,
+                               f"operator marked {label}" + (f": {detail}" if detail else ""))
+            elif self.results:
+                last = self.results[-1]
+                last["success"], last["operator"] = success, label + (f": {detail}" if detail
+                                                                      else "")
+                self.get_logger().info(f"operator relabelled trial {last['trial']} a {label}")
+            else:
+                self.get_logger().warning(f"operator marked {label}, but no trial has run yet")
+        elif command.command == OperatorCommand.PAUSE and not self.paused:
+            self.paused = True
+            if self.trial is not None:
+                self.publish_event(EpisodeEvent.PAUSE, EpisodeEvent.REASON_OPERATOR, detail)
+            print("paused by the operator: the robot holds; resume from the operator console",
+                  flush=True)
+        elif command.command == OperatorCommand.RESUME and self.paused:
+            self.paused = False
+            if self.trial is not None:
+                self.trial.last_step_time = time.monotonic()
+                self.publish_event(EpisodeEvent.RESUME, EpisodeEvent.REASON_OPERATOR, detail)
+            print("resumed by the operator", flush=True)
+        elif command.command == OperatorCommand.ABORT and self.finishing_since is None:
+            self.paused = False
+            self.aborted = True
+            print("aborted by the operator: ending the run", flush=True)
+            if self.trial is not None:
+                self.trial.success = False
+                self.end_trial(EpisodeEvent.REASON_ABORTED,
+                               "aborted by the operator" + (f": {detail}" if detail else ""))
+            if not self.results:
+                raise SystemExit(0)
+            self.finishing_since = time.monotonic()
+
     def end_trial(self, reason: int, detail: str) -> None:
         trial = self.trial
         assert trial is not None
@@ -222,7 +276,7 @@ class TrialSupervisor(Node):
         self.trial = None
         self.ready_since = None
         self.recorder_heard = 0.0  # the next trial waits for a heartbeat that has seen this END
-        if len(self.results) >= self.params.trials:
+        if len(self.results) >= self.params.trials or self.aborted:
             self.finishing_since = time.monotonic()  # tick() finishes once all is recorded
         # else tick() starts the next trial once the graph is whole again
 
@@ -239,7 +293,8 @@ class TrialSupervisor(Node):
             event.success, event.weights_version = trial.success, trial.weights_version
         event.reason, event.detail = reason, detail
         publish_checked(self.event_publisher, event)
-        self.last_event = event_key(kind, trial.episode_id)
+        if kind in (EpisodeEvent.START, EpisodeEvent.END):
+            self.last_event = event_key(kind, trial.episode_id)
 
     # --- the end -------------------------------------------------------------------------------
 
@@ -251,7 +306,7 @@ class TrialSupervisor(Node):
         run_dir.mkdir(parents=True, exist_ok=True)
         successes = sum(result["success"] for result in self.results)
         summary = {"task": self.spec.name, "backend": self.params.backend,
-                   "trials": len(self.results), "successes": successes,
+                   "trials": len(self.results), "aborted": self.aborted, "successes": successes,
                    "success_rate": successes / len(self.results),
                    "first_half_success": _rate(self.results[: len(self.results) // 2]),
                    "second_half_success": _rate(self.results[len(self.results) // 2:]),
@@ -274,7 +329,8 @@ class TrialSupervisor(Node):
         return level, f"{len(self.results)}/{self.params.trials} trials", {
             "trials_done": len(self.results),
             "successes": sum(result["success"] for result in self.results),
-            "current": trial.episode_id if trial else "", "step": trial.steps if trial else 0}
+            "current": trial.episode_id if trial else "", "step": trial.steps if trial else 0,
+            "paused": self.paused}
 
 
 def _rate(results: list[dict[str, Any]]) -> float:

@@ -14,6 +14,7 @@ from tdmpc_ros.msg import (
     EpisodeEvent,
     LatentPlan,
     ModelWeights,
+    OperatorCommand,
     RobotState,
     Transition,
     WorldState,
@@ -116,6 +117,14 @@ def episode_event() -> EpisodeEvent:
     return message
 
 
+def operator_command() -> OperatorCommand:
+    message = OperatorCommand()
+    message.header.stamp = stamp()
+    message.command = OperatorCommand.FAILURE
+    message.detail = "cube slipped out of the gripper"
+    return message
+
+
 def action_command() -> ActionCommand:
     message = ActionCommand()
     message.header.stamp = stamp()
@@ -170,4 +179,5 @@ ALL = {
     "ActionCommand": action_command,
     "RobotState": robot_state,
     "WorldState": world_state,
+    "OperatorCommand": operator_command,
 }

@@ -126,6 +126,24 @@ def test_lift_reward_and_success() -> None:
     assert reward_and_success(LIFT, ee_away, 1.0, lifted)[1]
 
 
+def test_lift_from_proprioception_alone_on_the_real_arm() -> None:
+    """No cube position: a grasp is a finger gap held open by something, the lift is the TCP's."""
+    rest_z = LIFT.object_rest_z
+    holding = 0.04 / LIFT.gripper_stroke_m  # fingers stopped by the 4 cm cube
+    at_rest = [0.4, 0.0, rest_z]
+    up = [0.4, 0.0, rest_z + 0.151]
+    reward_open, success_open = reward_and_success(LIFT, up, 1.0)  # open: nothing held
+    reward_shut, success_shut = reward_and_success(LIFT, up, 0.0)  # shut on nothing
+    reward_grasp, success_grasp = reward_and_success(LIFT, at_rest, holding)
+    reward_half, _ = reward_and_success(LIFT, [0.4, 0.0, rest_z + 0.075], holding)
+    reward_up, success_up = reward_and_success(LIFT, up, holding)
+    assert reward_open == reward_shut == 0.0 and not success_open and not success_shut
+    assert not success_grasp and success_up
+    assert reward_grasp == pytest.approx(0.5) and reward_half == pytest.approx(0.75)
+    assert reward_up == pytest.approx(1.0)
+    assert not reward_and_success(LIFT, [0.4, 0.0, rest_z + 0.14], holding)[1]
+
+
 def test_state_and_proprio_layout() -> None:
     ee, obj, target = [0.4, 0.0, 0.1], [0.41, 0.02, 0.02], [0.3, 0.1, 0.02]
     for spec in TASKS.values():

@@ -1,0 +1,112 @@
+"""The operator's word over the trials: the console's commands reach the supervisor over DDS,
+which ends a trial so marked, holds the robot on pause, and aborts the run with a summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tdmpc_ros import graph
+from tdmpc_ros.core.episodes import load_episodes
+from tdmpc_ros.launcher import parse_arguments
+from tdmpc_ros.msg import EpisodeEvent, OperatorCommand, RobotState
+from tdmpc_ros.nodes.operator_console import parse_command
+
+from rostest import NodeGroup, node_command, ros_node, spin_until
+
+
+def test_command_words_and_keys() -> None:
+    assert parse_command("success") == parse_command("s") == OperatorCommand.SUCCESS
+    assert parse_command(" Failure ") == OperatorCommand.FAILURE
+    assert parse_command("p") == OperatorCommand.PAUSE
+    assert parse_command("resume") == OperatorCommand.RESUME
+    assert parse_command("abort") == OperatorCommand.ABORT
+    with pytest.raises(ValueError, match="unknown command 'stop'"):
+        parse_command("stop")
+
+
+def _console(ros_env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tdmpc_ros.nodes.operator_console", *arguments],
+                          env=ros_env, capture_output=True, text=True, timeout=60)
+
+
+def test_console_without_a_supervisor_says_so(ros_env) -> None:
+    started = time.monotonic()
+    result = _console(ros_env, "--send", "pause", "--wait", "1")
+    assert result.returncode == 1
+    assert "no trial supervisor listening" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_operator_marks_pauses_and_aborts_the_trials(tmp_path, ros_env) -> None:
+    from tdmpc_ros.sim import datasets
+
+    data = tmp_path / "data"
+    assert datasets.main(["--task", "reach", "--episodes", "4", "--out", str(data),
+                          "--quiet"]) == 0
+    run_dir = tmp_path / "run"
+    arguments = parse_arguments(["task:=reach", "trials:=5", f"run_dir:={run_dir}",
+                                 f"dataset:={data}", "device:=cpu"])
+    commands = {node.name: node_command(node.name, arguments) for node in graph.NODES}
+    group = NodeGroup(commands, ros_env, tmp_path)
+    with group, ros_node("operator_test", ros_env) as (node, executor):
+        events: list[EpisodeEvent] = []
+        states: list[RobotState] = []
+        for name, sink in (("trial/events", events), ("robot/state", states)):
+            topic = graph.topic(name)
+            node.create_subscription(topic.message_class(), name, sink.append, topic.profile())
+
+        def at(trial: int, step: int) -> bool:
+            return any(s.episode_id.endswith(f"trial{trial:03d}") and s.step >= step
+                       for s in states)
+
+        def event(kind: int, trial: int) -> EpisodeEvent | None:
+            return next((e for e in events if e.event == kind and e.trial == trial), None)
+
+        # A failure marked during trial 1 ends it at once, so marked.
+        spin_until(executor, lambda: at(1, 3), 180, "trial 1, step 3")
+        result = _console(ros_env, "--send", "failure", "--detail", "cube slipped")
+        assert result.returncode == 0, result.stderr
+        spin_until(executor, lambda: event(EpisodeEvent.END, 1), 30, "the end of trial 1")
+        end = event(EpisodeEvent.END, 1)
+        assert end.reason == EpisodeEvent.REASON_OPERATOR and not end.success
+        assert "cube slipped" in end.detail and end.length < 25
+
+        # Pause holds the robot: no step while paused; resume carries on.
+        spin_until(executor, lambda: at(2, 3), 60, "trial 2, step 3")
+        assert _console(ros_env, "--send", "pause").returncode == 0
+        spin_until(executor, lambda: event(EpisodeEvent.PAUSE, 2), 30, "the pause event")
+        executor.spin_once(timeout_sec=0.5)
+        held = max(s.step for s in states if s.episode_id == end.episode_id.replace(
+            "trial001", "trial002"))
+        pause_end = time.monotonic() + 2.0
+        while time.monotonic() < pause_end:
+            executor.spin_once(timeout_sec=0.05)
+        trial2 = [s for s in states if s.episode_id.endswith("trial002")]
+        assert max(s.step for s in trial2) == held, "the robot stepped while paused"
+        assert _console(ros_env, "--send", "resume").returncode == 0
+        spin_until(executor, lambda: at(2, held + 2), 30, "steps after resume")
+        assert event(EpisodeEvent.END, 2) is None or event(EpisodeEvent.END, 2).reason != \
+            EpisodeEvent.REASON_STALE_INPUT
+
+        # Abort ends the running trial and the run; the summary says so.
+        spin_until(executor, lambda: at(3, 2), 60, "trial 3, step 2")
+        assert _console(ros_env, "--send", "abort").returncode == 0
+        spin_until(executor, lambda: group.processes["trial_supervisor"].poll() is not None,
+                   60, "the supervisor to finish")
+    assert group.processes["trial_supervisor"].returncode == 0, group.log("trial_supervisor")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["aborted"] and summary["trials"] == 3
+    reasons = [result["reason"] for result in summary["results"]]
+    assert reasons[0] == EpisodeEvent.REASON_OPERATOR and not summary["results"][0]["success"]
+    assert reasons[1] == EpisodeEvent.REASON_TIME_LIMIT
+    assert reasons[2] == EpisodeEvent.REASON_ABORTED
+    # The verdict travels with the recorded episode.
+    first = next(e for e in load_episodes(run_dir / "episodes")
+                 if e.episode_id == summary["results"][0]["episode_id"])
+    assert first.extras["reason"] == EpisodeEvent.REASON_OPERATOR
+    assert first.extras["success"] is False and "cube slipped" in first.extras["detail"]
