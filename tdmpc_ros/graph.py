@@ -196,6 +196,11 @@ def check_launch_arguments(values: dict[str, Any]) -> dict[str, str]:
 
 # The camera source that goes with each robot backend.
 CAMERA_SOURCE = {"sim": "sim", "gazebo": "ros_topic", "real": "realsense"}
+# How far (s) a camera frame's stamp may be from its robot state's. The simulated camera stamps
+# each frame with its state's own stamp (0: exact match only); a real camera has its own clock,
+# and at 30 fps its frames come 33 ms apart. No frame that close (the camera stalled): no
+# observation, so nothing is planned or recorded from a stale frame.
+IMAGE_SKEW_S = {"sim": "0.0", "gazebo": "0.05", "real": "0.05"}
 
 
 def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]:
@@ -207,8 +212,10 @@ def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]
     parameters.update({
         "camera": {"source": CAMERA_SOURCE[backend], "serial": arguments["camera_serial"]},
         "robot_driver": {"backend": backend, "robot_ip": arguments["robot_ip"]},
-        "planner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"]},
-        "replay_recorder": {"backend": backend, "store": store},
+        "planner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"],
+                    "max_image_skew_s": IMAGE_SKEW_S[backend]},
+        "replay_recorder": {"backend": backend, "store": store,
+                            "max_image_skew_s": IMAGE_SKEW_S[backend]},
         "learner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"],
                     "dataset": arguments["dataset"] or f"data/{arguments['task']}",
                     "store": store, "run_dir": run_dir},

@@ -54,9 +54,13 @@ class PlannerParams:
     uncertainty_coef: float = param("lambda: weight of the Q-ensemble std penalty (0: off)")
     explore: bool = param("add the planner's exploration noise to the action (online trials)")
     max_observation_age_s: float = param("skip an observation older than this (s); 0: never")
+    max_image_skew_s: float = param("largest gap between a frame's stamp and its robot state's "
+                                    "(s); 0: the same stamp (the simulated camera)")
     base_frame: str = param("frame of the plan markers")
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_image_skew_s <= 1.0:
+            raise ValueError(f"max_image_skew_s must be in [0, 1] s, got {self.max_image_skew_s}")
         get_task(self.task)
         if self.num_samples < 8 or self.iterations < 1:
             raise ValueError("num_samples must be >= 8 and iterations >= 1")
@@ -89,7 +93,9 @@ class Planner(Node):
         except (CheckpointError, FileNotFoundError, ValueError) as error:
             raise ConfigError(f"cannot load checkpoint {path}: {error}") from error
         self.need_pixels = "pixels" in self.agent.model.obs_keys
-        self.assembler = ObservationAssembler(need_world=True, need_image=self.need_pixels)
+        self.assembler = ObservationAssembler(
+            need_world=True, need_image=self.need_pixels,
+            max_image_skew_s=self.params.max_image_skew_s)
         self.episode_id = ""
         self.weights_run_id = ""  # a restarted learner starts a new run: its versions restart
         self.plans = 0

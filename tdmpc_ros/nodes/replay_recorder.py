@@ -58,8 +58,12 @@ class RecorderParams:
     backend: str = param("sim, real or gazebo: the transitions' source")
     store: str = param("episode store directory (episode files; partial/ for running ones)")
     record_images: bool = param("keep camera frames in episodes and transitions")
+    max_image_skew_s: float = param("largest gap between a frame's stamp and its robot state's "
+                                    "(s); 0: the same stamp (the simulated camera)")
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_image_skew_s <= 1.0:
+            raise ValueError(f"max_image_skew_s must be in [0, 1] s, got {self.max_image_skew_s}")
         get_task(self.task)
         if self.backend not in SOURCES:
             raise ValueError(f"backend {self.backend!r} is not one of {sorted(SOURCES)}")
@@ -106,7 +110,8 @@ class ReplayRecorder(Node):
         self.partial = self.store / "partial"
         self.partial.mkdir(parents=True, exist_ok=True)
         self.assembler = ObservationAssembler(need_world=True,
-                                              need_image=self.params.record_images)
+                                              need_image=self.params.record_images,
+                                              max_image_skew_s=self.params.max_image_skew_s)
         self.running: dict[str, _Running] = {}
         self.last_observation: dict[str, Observation] = {}
         self.actions: dict[tuple[str, int], ActionCommand] = {}
