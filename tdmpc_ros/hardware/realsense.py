@@ -79,6 +79,7 @@ class RealSenseSource:
         self.timeouts = 0  # frame_timeout_s passed without a new frame
         self.restarts = 0
         self.duplicates = 0  # framesets repeating a colour frame already returned
+        self._checked = False
         self._failures_in_a_row = 0
         self._to_drop = 0
         self._last: tuple[int, float] | None = None
@@ -90,19 +91,31 @@ class RealSenseSource:
             return f"RealSense recording {self.config.playback_file}"
         return f"RealSense {self.serial or '(no serial yet)'}"
 
-    def start(self) -> None:
-        """Open the camera or the recording; a CameraError says why not, at once when no camera
-        is connected (pipeline.start() would wait ~15 s before saying so)."""
+    def check(self) -> None:
+        """Find the camera, or open the recording and resolve its streams, without streaming.
+        A CameraError says why not, at once: with no camera connected, pipeline.start() would
+        wait ~15 s before saying so."""
         if self.config.playback_file:
             if not Path(self.config.playback_file).is_file():
                 raise CameraError(f"playback_file {self.config.playback_file!r}: no such file")
+            try:
+                self._config().resolve(rs.pipeline_wrapper(rs.pipeline()))
+            except RuntimeError as error:
+                raise CameraError(f"{self.description}: cannot play {self._wanted()} from it: "
+                                  f"{error}") from error
         else:
             self.serial = self._choose_serial()
+        self._checked = True
+
+    def start(self) -> None:
+        """Start streaming (a recording from its beginning); check() first if not done."""
+        if not self._checked:
+            self.check()
         try:
             self._start_pipeline()
         except RuntimeError as error:
-            raise CameraError(f"{self.description}: cannot start the stream(s) "
-                              f"{self._wanted()}: {error}") from error
+            raise CameraError(f"{self.description}: cannot start {self._wanted()}: "
+                              f"{error}") from error
 
     def read(self) -> Frame:
         """The next new frame; waits at most frame_timeout_s per attempt, restarting the
@@ -159,7 +172,7 @@ class RealSenseSource:
         size = "" if c.playback_file else f" {c.capture_width}x{c.capture_height}@{c.fps}"
         return f"colour{size}" + (" + depth" if c.enable_depth else "")
 
-    def _start_pipeline(self) -> None:
+    def _config(self) -> Any:
         c = self.config
         config = rs.config()
         if c.playback_file:
@@ -174,8 +187,12 @@ class RealSenseSource:
             if c.enable_depth:
                 config.enable_stream(rs.stream.depth, c.capture_width, c.capture_height,
                                      rs.format.z16, c.fps)
+        return config
+
+    def _start_pipeline(self) -> None:
+        c = self.config
         pipeline = rs.pipeline()
-        profile = pipeline.start(config)
+        profile = pipeline.start(self._config())
         self.pipeline = pipeline
         device = profile.get_device()
         if c.playback_file:
