@@ -4,6 +4,14 @@ Every backend goes through the same code path: an action is checked, turned into
 target by ``tasks.action_to_target`` (largest step, workspace box) and handed to an
 ``ArmBackend``. Only ``make_backend`` knows which robot it is.
 
+Safety, for every backend: during an episode a watchdog stops the robot (state STOPPED, reason
+in diagnostics) when no action comes for ``watchdog_s`` while it is ready. A backend may also
+offer ``stop()`` (called on an emergency stop), ``poll()`` (read the state now; the driver does
+so several times a second while ready) and ``state_age_s()``: a reading that fails or is older
+than ``max_state_age_s`` stops the robot. A controller error (``XArmError``) puts it in
+STATE_ERROR with the controller's code and meaning in diagnostics; the trial supervisor ends
+the trial on either.
+
 Subscribes: robot/action, trial/events (START resets), robot/emergency_stop.
 Publishes: robot/state and world/state after every reset and every executed action.
 Service: robot/emergency_stop (std_srvs/Trigger).
@@ -19,6 +27,7 @@ import numpy as np
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
+from tdmpc_ros.hardware.xarm_backend import XArmConfig, XArmError
 from tdmpc_ros.interfaces import MessageError, check_action, publish_checked
 from tdmpc_ros.msg import ActionCommand, EpisodeEvent, RobotState, WorldState
 from tdmpc_ros.nodes.common import (
@@ -52,6 +61,37 @@ class DriverParams:
     real_time: bool = param("simulator only: report states at the task's control rate (one "
                             "agent period apart at most as often), as a real arm moves; false "
                             "runs the simulation as fast as actions arrive")
+    watchdog_s: float = param("stop the robot when no action arrives for this long (s) while it "
+                              "is ready during an episode; 0 turns the watchdog off")
+    max_state_age_s: float = param("stop the robot when its latest good reading of pose, joints "
+                                   "and gripper is older than this (s; backends that report an "
+                                   "age: real); 0 turns the check off")
+    xarm_connect_timeout_s: float = param("real only: longest wait to connect to the "
+                                          "controller (s); it never hangs longer")
+    xarm_servo_rate_hz: float = param("real only: servo commands per second while a step runs "
+                                      "(vendor: 50 to 200, at most 250)")
+    xarm_max_servo_step_mm: float = param("real only: longest move between two servo commands "
+                                          "(mm; at most 10, the vendor's limit)")
+    xarm_max_speed_mm_s: float = param("real only: TCP speed the servo stream never exceeds "
+                                       "(mm/s)")
+    xarm_workspace_low: list[float] = param("real only: lowest x, y, z (m, base frame) of a "
+                                            "target, on top of the task's workspace box")
+    xarm_workspace_high: list[float] = param("real only: highest x, y, z (m, base frame) of a "
+                                             "target, on top of the task's workspace box")
+    xarm_fence_margin_m: float = param("real only: the controller's own TCP boundary (fence "
+                                       "mode) is the clip box grown by this (m)")
+    xarm_collision_sensitivity: int = param("real only: controller collision detection, 1 "
+                                            "(least sensitive) to 5; 0 (off) is refused")
+    xarm_home_speed_mm_s: float = param("real only: TCP speed of the move home at a reset "
+                                        "(mm/s)")
+    xarm_home_timeout_s: float = param("real only: longest wait for the move home (s)")
+    xarm_target: list[float] = param("real only: the reach task's virtual target x, y, z (m, "
+                                     "base frame)")
+    xarm_auto_recover_codes: str = param("real only: controller error codes cleared "
+                                         "automatically, comma-separated (e.g. '24,35'); never "
+                                         "1-3 (emergency stop), 22 or 31 (collisions)")
+    xarm_max_recoveries: int = param("real only: automatic recoveries per episode before an "
+                                     "error stops the trial")
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -59,16 +99,50 @@ class DriverParams:
             raise ValueError(f"backend {self.backend!r} is not one of {BACKENDS}")
         if self.max_action_age_s < 0:
             raise ValueError(f"max_action_age_s must be >= 0, got {self.max_action_age_s}")
+        for name in ("watchdog_s", "max_state_age_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.backend == "real":
+            self.xarm_config()  # wrong values stop the node at start-up, naming the field
+
+    def xarm_config(self) -> XArmConfig:
+        """The real arm's settings from these parameters (ValueError on a wrong one)."""
+        try:
+            codes = tuple(int(code) for code in self.xarm_auto_recover_codes.split(",")
+                          if code.strip())
+        except ValueError:
+            raise ValueError("xarm_auto_recover_codes must be integers separated by commas, "
+                             f"got {self.xarm_auto_recover_codes!r}") from None
+        for name in ("xarm_workspace_low", "xarm_workspace_high", "xarm_target"):
+            if len(getattr(self, name)) != 3:
+                raise ValueError(f"{name} needs 3 values, got {getattr(self, name)}")
+        return XArmConfig(
+            ip=self.robot_ip, connect_timeout_s=self.xarm_connect_timeout_s,
+            servo_rate_hz=self.xarm_servo_rate_hz, max_servo_step_mm=self.xarm_max_servo_step_mm,
+            max_speed_mm_s=self.xarm_max_speed_mm_s,
+            workspace_low_m=tuple(self.xarm_workspace_low),
+            workspace_high_m=tuple(self.xarm_workspace_high),
+            fence_margin_m=self.xarm_fence_margin_m,
+            collision_sensitivity=self.xarm_collision_sensitivity,
+            home_speed_mm_s=self.xarm_home_speed_mm_s, home_timeout_s=self.xarm_home_timeout_s,
+            target_m=tuple(self.xarm_target), auto_recover_codes=codes,
+            max_recoveries=self.xarm_max_recoveries)
 
 
-def make_backend(name: str, spec: TaskSpec) -> ArmBackend:
+def make_backend(name: str, spec: TaskSpec, params: DriverParams | None = None) -> ArmBackend:
     if name == "sim":
         from tdmpc_ros.sim.arm import MujocoArm
 
         return MujocoArm(spec)
     if name == "real":
-        raise ConfigError("backend 'real': the xArm backend is not built yet (the hardware "
-                          "issue); use backend:=sim")
+        from tdmpc_ros.hardware.xarm_backend import XArmBackend
+
+        if params is None:
+            raise ConfigError("backend 'real' needs the driver's parameters")
+        try:
+            return XArmBackend(spec, params.xarm_config())
+        except (ConnectionError, XArmError, ValueError) as error:
+            raise ConfigError(f"backend 'real': {error}") from error
     raise ConfigError("backend 'gazebo': drive Gazebo through the lab's ros2_control "
                       "controllers; not available in this build, use backend:=sim")
 
@@ -78,7 +152,7 @@ class RobotDriver(Node):
         super().__init__("robot_driver")
         self.params = read_parameters(self, DriverParams)
         self.spec = get_task(self.params.task)
-        self.backend = make_backend(self.params.backend, self.spec)
+        self.backend = make_backend(self.params.backend, self.spec, self.params)
         self.episode_id = ""
         self.trial = 0
         self.step = 0
@@ -89,12 +163,15 @@ class RobotDriver(Node):
         self.busy = False
         self.last_report = 0.0
         self.refused: dict[str, int] = {}
+        self.last_action = time.monotonic()  # watchdog: the last action or reset
+        self.reading: tuple[np.ndarray, float, np.ndarray] | None = None  # last good one
         self.state_publisher = publisher(self, "robot/state")
         self.world_publisher = publisher(self, "world/state")
         subscribe(self, "robot/action", self.on_action, self.on_refused)
         subscribe(self, "trial/events", self.on_event)
         subscribe(self, "robot/emergency_stop", self.on_emergency_stop_topic)
         self.create_service(Trigger, "robot/emergency_stop", self.on_emergency_stop_service)
+        self.create_timer(min(0.1, self.spec.agent_period_s), self.check_safety)
         Diagnostics(self, self.diagnostics)
         self.get_logger().info(f"driving the {self.params.backend} backend, task "
                                f"{self.spec.name}, workspace {self.spec.workspace}")
@@ -114,14 +191,20 @@ class RobotDriver(Node):
         self.episode_id, self.trial, self.step = event.episode_id, event.trial, 0
         self.limit = min(event.length or self.spec.episode_length, self.spec.episode_length)
         self.state = RobotState.STATE_MOVING
-        if self.params.backend == "sim":
-            from tdmpc_ros.sim.env import reset_scene
+        try:
+            if self.params.backend == "sim":
+                from tdmpc_ros.sim.env import reset_scene
 
-            reset_scene(self.backend, np.random.default_rng([self.params.sim_seed, event.trial]))
-        else:
-            self.backend.reset(self.spec.home_position, self.spec.home_gripper)
+                reset_scene(self.backend,
+                            np.random.default_rng([self.params.sim_seed, event.trial]))
+            else:
+                self.backend.reset(self.spec.home_position, self.spec.home_gripper)
+        except Exception as error:  # noqa: BLE001 - a failed reset ends the trial, not the node
+            self.fail(error, f"reset for {event.episode_id}")
+            return
         self.state = RobotState.STATE_READY
         self.stop_reason = ""
+        self.last_action = time.monotonic()
         self.get_logger().info(f"reset for {event.episode_id} (trial {event.trial})")
         self.publish_state()
 
@@ -158,9 +241,17 @@ class RobotDriver(Node):
         except (MessageError, ValueError) as error:
             self._refuse("invalid", str(error))
             return
-        self.backend.move_to(target, gripper)
+        except Exception as error:  # noqa: BLE001 - reading the robot failed: it stops
+            self.fail(error, f"step {self.step}")
+            return
+        try:
+            self.backend.move_to(target, gripper)
+        except Exception as error:  # noqa: BLE001 - the robot stops; the node carries on
+            self.fail(error, f"step {self.step}")
+            return
         self.step += 1
         self.executed += 1
+        self.last_action = time.monotonic()
         # A fixed-rate loop: the next state goes out one control period after the last one
         # (the planning time falls inside the period, as the arm moves during it).
         wait = self.spec.agent_period_s - (time.monotonic() - self.last_report)
@@ -179,10 +270,51 @@ class RobotDriver(Node):
     # --- safety ----------------------------------------------------------------------------------
 
     def emergency_stop(self, why: str) -> None:
-        self.state = RobotState.STATE_STOPPED
-        self.stop_reason = why
-        self.get_logger().error(f"EMERGENCY STOP: {why}; actions refused until the next reset")
+        self.halt(RobotState.STATE_STOPPED, f"EMERGENCY STOP: {why}")
+
+    def halt(self, state: int, why: str) -> None:
+        """Stop the arm (where the backend can), enter ``state`` and say why."""
+        stop = getattr(self.backend, "stop", None)
+        if stop is not None:
+            try:
+                stop()
+            except Exception as error:  # noqa: BLE001 - report, keep the state
+                why += f" (and stopping the arm failed: {error})"
+        self.state, self.stop_reason = state, why
+        self.get_logger().error(f"{why}; actions refused until the next reset")
         self.publish_state()
+
+    def fail(self, error: Exception, during: str) -> None:
+        """A backend failed: a controller error is STATE_ERROR, anything else (no reading,
+        lost connection) STOPPED; both with the cause in diagnostics."""
+        if isinstance(error, XArmError):
+            self.halt(RobotState.STATE_ERROR, f"controller error during {during}: {error}")
+        else:
+            self.halt(RobotState.STATE_STOPPED, f"robot failed during {during}: {error}")
+
+    def check_safety(self) -> None:
+        """The watchdog and the state-age check, several times a second while ready."""
+        if self.state != RobotState.STATE_READY or self.busy:
+            return
+        in_episode = bool(self.episode_id) and self.step < self.limit
+        idle = time.monotonic() - self.last_action
+        if in_episode and self.params.watchdog_s and idle > self.params.watchdog_s:
+            self.halt(RobotState.STATE_STOPPED, f"watchdog: no action for {idle:.1f} s at step "
+                      f"{self.step} of {self.episode_id}")
+            return
+        poll = getattr(self.backend, "poll", None)
+        age_of = getattr(self.backend, "state_age_s", None)
+        try:
+            if poll is not None:
+                poll()
+        except Exception as error:  # noqa: BLE001 - see fail()
+            self.fail(error, "a state reading")
+            return
+        if age_of is not None and self.params.max_state_age_s:
+            age = age_of()
+            if age > self.params.max_state_age_s:
+                self.halt(RobotState.STATE_STOPPED, f"stale robot state: the last good reading "
+                          f"is {age:.2f} s old")
 
     def on_emergency_stop_topic(self, message: Any) -> None:
         if message.data:
@@ -206,13 +338,14 @@ class RobotDriver(Node):
         state = RobotState()
         state.header.stamp, state.header.frame_id = now, self.params.base_frame
         state.episode_id, state.step = self.episode_id, self.step
-        x, y, z = (float(value) for value in self.backend.ee_position())
+        ee, gripper, joints = self._read()
+        x, y, z = (float(value) for value in ee)
         state.ee_pose.position.x, state.ee_pose.position.y, state.ee_pose.position.z = x, y, z
         state.ee_pose.orientation.w = 1.0  # the gripper points down, as in the tasks
-        state.gripper_opening = float(self.backend.gripper_opening())
+        state.gripper_opening = float(gripper)
         state.joints.header = state.header
         state.joints.name = list(self.backend.joint_names)
-        state.joints.position = [float(value) for value in self.backend.joint_positions()]
+        state.joints.position = [float(value) for value in joints]
         state.state = self.state
         state.backend = self.params.backend
         world = WorldState()
@@ -234,15 +367,37 @@ class RobotDriver(Node):
         publish_checked(self.world_publisher, world)
         publish_checked(self.state_publisher, state)
 
+    def _read(self) -> tuple[np.ndarray, float, np.ndarray]:
+        """The backend's pose, gripper and joints; if reading fails, the robot stops and the
+        last good reading is reported with the STOPPED state."""
+        try:
+            self.reading = (self.backend.ee_position(), self.backend.gripper_opening(),
+                            self.backend.joint_positions())
+        except Exception as error:  # noqa: BLE001 - see fail()
+            if self.reading is None:  # never read: zeros, and the state says why
+                self.reading = (np.zeros(3), 0.0, np.zeros(len(self.backend.joint_names)))
+            if self.state == RobotState.STATE_READY or self.state == RobotState.STATE_MOVING:
+                self.state = (RobotState.STATE_ERROR if isinstance(error, XArmError)
+                              else RobotState.STATE_STOPPED)
+                self.stop_reason = f"reading the robot failed: {error}"
+                self.get_logger().error(self.stop_reason)
+        return self.reading
+
     def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
         level = {RobotState.STATE_READY: OK, RobotState.STATE_MOVING: OK,
                  RobotState.STATE_STOPPED: ERROR, RobotState.STATE_ERROR: ERROR}[self.state]
         if level == OK and self.refused:
             level = WARN
         message = self.stop_reason or self._state_name()
-        return level, message, {"episode": self.episode_id, "step": self.step,
-                                "executed": self.executed, **{f"refused_{k}": v
-                                                              for k, v in self.refused.items()}}
+        values: dict[str, Any] = {"episode": self.episode_id, "step": self.step,
+                                  "executed": self.executed, "stop_reason": self.stop_reason,
+                                  **{f"refused_{k}": v for k, v in self.refused.items()}}
+        if hasattr(self.backend, "recoveries"):  # the real arm's automatic recoveries
+            values["recoveries"] = self.backend.recoveries
+            values["last_recovered"] = self.backend.last_recovered
+            if level == OK and self.backend.recoveries:
+                level = WARN
+        return level, message, values
 
     def close(self) -> None:
         self.backend.close()
