@@ -54,6 +54,9 @@ class OpenCVSource:
         return f"{'camera' if self.live else 'video file'} {self.config.device}"
 
     def start(self) -> None:
+        device = self.config.device
+        if not device.isdigit() and not Path(device).exists():
+            raise CameraError(f"{device}: no such file or device")
         if not self._open():
             raise CameraError(f"cannot open {self.description} with OpenCV (no such device or "
                               "file, or it is busy)")

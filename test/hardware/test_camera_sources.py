@@ -96,7 +96,9 @@ def test_depth_is_aligned_and_paired_with_its_colour_frame(tmp_path) -> None:
     assert len(frames) >= 8
     for frame in frames:
         assert frame.depth.shape == (84, 84) and frame.depth.dtype == np.uint16
-        assert (frame.depth == 1000 + frame.number).all(), "depth of the same instant, in mm"
+        # The same instant's depth, in mm; rs.align leaves a few holes (0: no depth).
+        assert set(np.unique(frame.depth)) <= {0, 1000 + frame.number}
+        assert (frame.depth > 0).mean() > 0.95
         assert (frame.rgb[:, :, 0] == frame.number).all()
 
 
@@ -199,7 +201,7 @@ def test_opencv_reopens_a_camera_that_stops_and_gives_up_when_it_is_gone(video) 
 
 def test_opencv_missing_device_fails_at_once(tmp_path) -> None:
     start = time.monotonic()
-    with pytest.raises(CameraError, match="cannot open video file|cannot open camera"):
+    with pytest.raises(CameraError, match="none.avi: no such file or device"):
         OpenCVSource(OpenCVConfig(84, 84, device=str(tmp_path / "none.avi"))).start()
     assert time.monotonic() - start < 2.0
 

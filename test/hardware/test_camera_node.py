@@ -1,0 +1,162 @@
+"""The camera node as its own process, as the launcher starts it, with real camera sources:
+a RealSense recording played back, a video file through OpenCV, no camera at all, bad
+parameters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tdmpc_ros import graph
+from tdmpc_ros.hardware import record_realsense
+from tdmpc_ros.hardware.realsense import connected_serials
+from tdmpc_ros.interfaces import msg_to_image
+from tdmpc_ros.launcher import parse_arguments
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros"))
+from rostest import NodeGroup, node_command, ros_node, spin_until  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+
+def camera_command(tmp_path: Path, backend: str = "real", **overrides: object) -> tuple[str, ...]:
+    return node_command("camera", parse_arguments([f"backend:={backend}",
+                                                   f"run_dir:={tmp_path}"]), overrides)
+
+
+class Observer:
+    """Subscribes to the camera's topics and its diagnostics."""
+
+    def __init__(self, node, depth: bool = False) -> None:
+        self.images, self.infos, self.depths, self.status = [], [], [], None
+        for name, store in (("camera/image_raw", self.images),
+                            ("camera/camera_info", self.infos)):
+            topic = graph.topic(name)
+            node.create_subscription(topic.message_class(), name, store.append, topic.profile())
+        if depth:
+            topic = graph.topic("camera/image_raw")
+            node.create_subscription(topic.message_class(), "camera/depth/image_raw",
+                                     self.depths.append, topic.profile())
+        diagnostics = graph.topic("/diagnostics")
+        node.create_subscription(diagnostics.message_class(), "/diagnostics", self.on_status,
+                                 diagnostics.profile())
+
+    def on_status(self, array) -> None:
+        for status in array.status:
+            if status.name.endswith("/camera"):
+                self.status = status
+
+    def message(self) -> str:
+        return self.status.message if self.status is not None else ""
+
+
+def stamp_ns(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def test_the_node_plays_a_recording_with_its_stamps(ros_env, tmp_path) -> None:
+    frames, fps = 30, 30
+    recording = tmp_path / "session.db3"
+    stamps = record_realsense.record(recording, frames, 128, 96, fps=fps, start_ms=5000.0,
+                                     depth=True)
+    command = camera_command(tmp_path, playback_file=recording, enable_depth="true")
+    with ros_node("camera_observer", ros_env) as (node, executor), \
+            NodeGroup({"camera": command}, ros_env, tmp_path) as group:
+        observer = Observer(node, depth=True)
+        spin_until(executor, lambda: "recording ended" in observer.message(), 30,
+                   f"the end of the recording; camera log:\n{group.log('camera')}")
+        executor.spin_once(timeout_sec=0.2)
+    # The recording waits for a reader, then plays in real time: (nearly) every frame arrives,
+    # in order, each with the stamp it was recorded with and its own content.
+    assert len(observer.images) >= 0.8 * frames, group.log("camera")
+    indices = []
+    for image in observer.images:
+        pixels = msg_to_image(image)
+        assert (image.width, image.height, image.encoding) == (84, 84, "rgb8")
+        index = int(pixels[0, 0, 0])
+        assert (pixels[:, :, 0] == index).all() and pixels[:, :, 2].max() == 0
+        assert stamp_ns(image.header) == round(stamps[index] * 1e6)
+        assert image.header.frame_id == "camera_color_optical_frame"
+        indices.append(index)
+    assert indices == sorted(set(indices))
+    assert {stamp_ns(info.header) for info in observer.infos} <= \
+        {stamp_ns(image.header) for image in observer.images}
+    info = observer.infos[-1]
+    assert (info.width, info.height) == (84, 84) and info.k[0] == pytest.approx(112.0)
+    assert len(observer.depths) >= 0.8 * frames
+    for depth in observer.depths:
+        index = indices[[stamp_ns(i.header) for i in observer.images].index(
+            stamp_ns(depth.header))]
+        values = msg_to_image(depth)
+        # rs.align leaves a few holes (0: no depth) where projected pixels round apart.
+        assert depth.encoding == "16UC1" and set(np.unique(values)) <= {0, 1000 + index}
+        assert (values > 0).mean() > 0.95
+    assert f"recording ended after {len(observer.images)} frames" in observer.message()
+
+
+def test_the_node_reads_a_video_file_through_opencv(ros_env, tmp_path) -> None:
+    video = tmp_path / "usb.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
+    for index in range(45):
+        writer.write(np.full((120, 160, 3), (0, 0, 5 * index), np.uint8))  # BGR: red grows
+    writer.release()
+    command = camera_command(tmp_path, source="opencv", device=video)
+    before = time.time_ns()
+    with ros_node("camera_observer", ros_env) as (node, executor), \
+            NodeGroup({"camera": command}, ros_env, tmp_path) as group:
+        observer = Observer(node)
+        spin_until(executor, lambda: "recording ended" in observer.message(), 30,
+                   f"the end of the video; camera log:\n{group.log('camera')}")
+    # Frames sent before the subscription matched are gone (a camera does not wait); the rest
+    # arrive fitted, red growing, stamped by the host clock in order.
+    assert len(observer.images) >= 5, group.log("camera")
+    reds = [float(msg_to_image(image)[:, :, 0].mean()) for image in observer.images]
+    stamps = [stamp_ns(image.header) for image in observer.images]
+    assert all((image.width, image.height) == (84, 84) for image in observer.images)
+    assert np.all(np.diff(reds) > 0) and np.all(np.diff(stamps) > 0)
+    assert before < stamps[0] < time.time_ns()
+
+
+def run_node(command: tuple[str, ...], environment: dict[str, str]) -> tuple[int, str, float]:
+    start = time.monotonic()
+    result = subprocess.run(command, env=environment, capture_output=True, text=True,
+                            timeout=60)
+    return result.returncode, result.stdout + result.stderr, time.monotonic() - start
+
+
+def test_no_camera_stops_the_node_at_once_with_the_reason(ros_env, tmp_path) -> None:
+    if connected_serials():
+        pytest.skip("a RealSense is connected to this machine")
+    code, output, seconds = run_node(camera_command(tmp_path), ros_env)  # backend:=real
+    assert code == 2, output
+    assert "no RealSense camera connected" in output and "playback_file" in output
+    assert seconds < 10.0  # start-up included; pipeline.start() alone would wait ~15 s
+
+
+def test_bad_parameters_stop_the_node_with_the_reason(ros_env, tmp_path) -> None:
+    cases = {
+        "fps 0 is not in [1, 300]": camera_command(tmp_path, fps=0),
+        "frame_timeout_s 0.0 is not in": camera_command(tmp_path, frame_timeout_s=0.0),
+        "playback_file is for source realsense": camera_command(
+            tmp_path, source="opencv", playback_file=tmp_path / "x.db3"),
+        "enable_depth needs source realsense": camera_command(
+            tmp_path, source="opencv", enable_depth="true"),
+        "no such file": camera_command(tmp_path, playback_file=tmp_path / "missing.db3"),
+        "missing.avi: no such file or device": camera_command(
+            tmp_path, source="opencv", device=tmp_path / "missing.avi"),
+    }
+    # All at once: each is a node start-up, a few seconds on a small machine.
+    processes = {reason: subprocess.Popen(command, env=ros_env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True)
+                 for reason, command in cases.items()}
+    for reason, process in processes.items():
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 2, output
+        assert "configuration error" in output
+        assert reason in output, output
