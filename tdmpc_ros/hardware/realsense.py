@@ -264,6 +264,12 @@ class RealSenseSource:
                 raise CameraError(f"{self.description}: no frame for "
                                   f"{self.config.frame_timeout_s:g} s, and "
                                   f"{self.config.max_restarts} restarts did not help ({why})")
+            if self.config.playback_file:
+                # A recording that pauses: restarting would replay it from its beginning.
+                self.warn(f"{self.description}: no frame for {self.config.frame_timeout_s:g} s "
+                          f"({why}); waiting ({self._failures_in_a_row} of "
+                          f"{self.config.max_restarts})")
+                return
             self.warn(f"{self.description}: no frame for {self.config.frame_timeout_s:g} s "
                       f"({why}); restart {self._failures_in_a_row} of "
                       f"{self.config.max_restarts}")

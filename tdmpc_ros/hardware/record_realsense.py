@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,12 @@ def stamps_ms(frames: int, fps: int, start_ms: float) -> list[float]:
 
 
 def record(out: Path, frames: int, width: int, height: int, fps: int = 30,
-           start_ms: float = 1000.0, domain: str = "hardware_clock",
-           depth: bool = False) -> list[float]:
-    """Write the recording; returns the frames' timestamps (ms)."""
+           start_ms: float = 1000.0, domain: str = "hardware_clock", depth: bool = False,
+           stamps: Sequence[float] | None = None,
+           delays_s: Sequence[float] | None = None) -> list[float]:
+    """Write the recording; returns the frames' timestamps (ms). ``stamps`` and ``delays_s``
+    (the wait after each frame) replace the regular ones, e.g. to record a camera whose clock
+    stalls or that stops for a while."""
     import pyrealsense2 as rs
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +77,10 @@ def record(out: Path, frames: int, width: int, height: int, fps: int = 30,
     for sensor, profile in zip(sensors, profiles, strict=True):
         sensor.open(profile)
         sensor.start(queue)
-    stamps = stamps_ms(frames, fps, start_ms)
+    stamps = list(stamps) if stamps is not None else stamps_ms(frames, fps, start_ms)
+    delays_s = list(delays_s) if delays_s is not None else [1.0 / fps] * frames
+    if len(stamps) != frames or len(delays_s) != frames:
+        raise ValueError(f"{frames} frames need {frames} stamps and delays")
     rs_domain = getattr(rs.timestamp_domain, domain)
     for index, stamp in enumerate(stamps):
         images = [pattern(index, width, height)]
@@ -89,7 +96,7 @@ def record(out: Path, frames: int, width: int, height: int, fps: int = 30,
             frame.frame_number = index
             frame.profile = profile.as_video_stream_profile()
             sensor.on_video_frame(frame)
-        time.sleep(1.0 / fps)
+        time.sleep(delays_s[index])
     for sensor in sensors:
         sensor.stop()
         sensor.close()

@@ -100,6 +100,37 @@ def test_the_node_plays_a_recording_with_its_stamps(ros_env, tmp_path) -> None:
     assert f"recording ended after {len(observer.images)} frames" in observer.message()
 
 
+def test_stale_frames_and_a_stalled_camera_are_reported_never_published(ros_env,
+                                                                          tmp_path) -> None:
+    # Frame 2 repeats frame 1's stamp and frame 5 goes back in time: the camera's clock did not
+    # advance. After frame 3 the camera sends nothing for 0.8 s (frame_timeout_s is 0.3).
+    stamps = [1000.0, 1033.0, 1033.0, 1066.0, 1100.0, 1050.0, 1133.0, 1166.0]
+    delays = [0.03, 0.03, 0.03, 0.8, 0.03, 0.03, 0.03, 0.03]
+    recording = tmp_path / "stalls.db3"
+    record_realsense.record(recording, len(stamps), 84, 84, stamps=stamps, delays_s=delays)
+    command = camera_command(tmp_path, playback_file=recording, frame_timeout_s=0.3)
+    with ros_node("camera_observer", ros_env) as (node, executor), \
+            NodeGroup({"camera": command}, ros_env, tmp_path) as group:
+        observer = Observer(node)
+        seen: set[str] = set()
+
+        def ended() -> bool:
+            seen.add(observer.message().split(" for ")[0])
+            return "recording ended" in observer.message()
+
+        spin_until(executor, ended, 30, f"the end; camera log:\n{group.log('camera')}")
+        values = {value.key: value.value for value in observer.status.values}
+    published = [stamp_ns(image.header) for image in observer.images]
+    indices = [int(msg_to_image(image)[0, 0, 0]) for image in observer.images]
+    assert published == sorted(set(published)) and indices == sorted(indices)
+    assert 2 not in indices and 5 not in indices, "a stale frame is never published"
+    assert [round(stamps[index] * 1e6) for index in indices] == published
+    assert values["stale"] == "2" and int(values["timeouts"]) >= 1, values
+    assert "no new frame" in seen, "the stall was reported while it lasted"
+    log = group.log("camera")
+    assert "stale frame 2" in log and "no frame for 0.3 s" in log  # the next: log throttled
+
+
 def test_the_node_reads_a_video_file_through_opencv(ros_env, tmp_path) -> None:
     video = tmp_path / "usb.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
