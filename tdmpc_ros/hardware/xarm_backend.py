@@ -300,6 +300,11 @@ class XArmBackend:
         self._reported_error = int(error)
         return int(error)
 
+    def _error_pending(self) -> bool:
+        """An error seen by the report callback, or flagged in the status byte of any reply
+        (the SDK reads the code itself on some calls, and then the callback never comes)."""
+        return bool(self._reported_error) or bool(self._arm.has_err_warn)
+
     def _raise_if_error(self) -> None:
         error = self._error_code()
         if error:
@@ -383,7 +388,7 @@ class XArmBackend:
         target = np.asarray(target_position_m, dtype=np.float64)
         if target.shape != (3,) or not np.isfinite(target).all():
             raise ValueError(f"target must be 3 finite numbers, got {target}")
-        if self._reported_error and self._handle_error():
+        if self._error_pending() and self._handle_error():
             return
         config = self.config
         goal = self._clip(target)
@@ -448,9 +453,9 @@ class XArmBackend:
     def poll(self) -> None:
         """Read the state now: XArmError on a controller error that is not recovered,
         XArmConnectionError when the reading fails."""
-        if self._reported_error:
-            self._handle_error()
         self._read(force=True)
+        if self._error_pending():
+            self._handle_error()
 
     def state_age_s(self) -> float:
         """Seconds since the last successful reading of pose, joints and gripper."""
