@@ -231,3 +231,24 @@ def test_xarm_emergency_stop_stops_until_the_next_reset(standin) -> None:
         assert len(servo_targets(standin)) > accepted
     finally:
         backend.close()
+
+
+def test_xarm_lost_controller_fails_the_reading(tmp_path) -> None:
+    host = free_address()
+    arguments = ["-m", "tdmpc_ros.hardware.xarm_standin", "--host", host]
+    with peer_process(arguments, dict(os.environ), tmp_path / "standin.log") as process:
+        backend = backend_on(host)
+        try:
+            backend.reset(SPEC.home_position, 1.0)
+            backend.poll()
+            assert backend.state_age_s() < 0.5
+            process.kill()
+            process.wait(timeout=10)
+            start = time.monotonic()
+            with pytest.raises(XArmConnectionError, match="reading the xArm"):
+                backend.poll()
+            assert time.monotonic() - start < 5.0
+            time.sleep(0.6)  # the driver stops once the last good reading is this old
+            assert backend.state_age_s() > 0.5
+        finally:
+            backend.close()
