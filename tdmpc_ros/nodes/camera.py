@@ -61,7 +61,8 @@ class CameraParams:
                                "(empty: the live camera)")
     playback_real_time: bool = param("realsense playback: at the recorded pace (false: as "
                                      "fast as frames are published)")
-    device: str = param("opencv: camera index (0), device path (/dev/video2) or video file")
+    device: str = param("opencv: camera index as a string (on the command line "
+                        "device:=\"'0'\"), device path (/dev/video2) or video file")
     capture_width: int = param("realsense, opencv: the camera's stream width before crop and "
                                "resize (pixels)")
     capture_height: int = param("realsense, opencv: the camera's stream height (pixels)")
