@@ -75,6 +75,8 @@ TOPICS: dict[str, Topic] = {topic.name: topic for topic in (
           "RGB frames for the model, already at its input size, stamped by the camera clock"),
     Topic("camera/camera_info", "sensor_msgs/msg/CameraInfo", "sensor",
           "the camera's intrinsics for those frames"),
+    Topic("camera/depth/image_raw", "sensor_msgs/msg/Image", "sensor",
+          "RealSense depth aligned to the colour frames (16UC1, mm), when enable_depth is set"),
     Topic("world/state", "tdmpc_ros/msg/WorldState", "state",
           "the task's object and target; in simulation also the physics state, so that the "
           "simulated camera renders what the simulated arm did"),

@@ -26,9 +26,8 @@ from typing import Any
 
 from rclpy.node import Node
 from rclpy.time import Time
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo
 
-from tdmpc_ros import graph
 from tdmpc_ros.hardware.frames import CameraClock, CameraError, EndOfStream, Frame, Intrinsics
 from tdmpc_ros.interfaces import image_to_msg, publish_checked
 from tdmpc_ros.msg import WorldState
@@ -293,11 +292,8 @@ DEPTH_TOPIC = "camera/depth/image_raw"
 
 
 def depth_publisher(node: Node) -> Any:
-    """Depth aligned to colour. The topic belongs in graph.TOPICS; until it is there, it gets
-    the colour frames' name scheme and QoS."""
-    if DEPTH_TOPIC in graph.TOPICS:
-        return publisher(node, DEPTH_TOPIC)
-    return node.create_publisher(Image, DEPTH_TOPIC, graph.topic("camera/image_raw").profile())
+    """Depth aligned to colour."""
+    return publisher(node, DEPTH_TOPIC)
 
 
 def main() -> None:

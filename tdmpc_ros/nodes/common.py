@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
@@ -45,7 +46,12 @@ def read_parameters(node: Node, cls: type[Params]) -> Params:
     for field in dataclasses.fields(cls):
         descriptor = ParameterDescriptor(description=field.metadata.get("description", ""))
         kind = _PARAMETER_TYPES[hints[field.name]]
-        node.declare_parameter(field.name, kind, descriptor)
+        try:
+            node.declare_parameter(field.name, kind, descriptor)
+        except InvalidParameterTypeException as error:
+            hint = " (quote it: name:=\"'0'\")" if hints[field.name] is str else ""
+            raise ConfigError(f"parameter {field.name!r} must be a {hints[field.name].__name__}"
+                              f"{hint}: {error}") from error
         value = node.get_parameter(field.name).value
         if value is None:
             raise ConfigError(f"parameter {field.name!r} is not set (config YAML or launch)")
