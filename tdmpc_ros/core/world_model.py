@@ -385,6 +385,19 @@ def fast_mish(x: Tensor, out: Tensor | None = None) -> Tensor:
     return torch.addcmul(x, x, t, value=-2.0, out=out)
 
 
+def _mish_(x: Tensor, temp: Tensor) -> Tensor:
+    """``fast_mish`` in place, with ``temp`` (x's shape) as scratch."""
+    t = torch.exp(x, out=temp)
+    t.add_(1.0).square_().add_(1.0).reciprocal_()
+    return x.addcmul_(x, t, value=-2.0)
+
+
+def _elu_(x: Tensor, temp: Tensor) -> Tensor:
+    """``fast_elu`` in place, with ``temp`` (x's shape) as scratch."""
+    t = torch.clamp(x, max=0.0, out=temp).exp_().sub_(1.0)
+    return torch.maximum(x, t, out=x)
+
+
 class PlanningModel:
     """A frozen copy of dynamics, reward, Q ensemble and policy, rearranged for fast rollouts.
 
@@ -398,7 +411,10 @@ class PlanningModel:
       form per row instead of two passes over every hidden unit;
     - hidden layers may run in bfloat16 (``dtype``); activations and every output (latent,
       reward, Q, action) are computed in float32;
-    - Mish and ELU are computed from exp (``fast_mish``, ``fast_elu``), faster than torch's.
+    - Mish and ELU are computed from exp (``fast_mish``, ``fast_elu``), faster than torch's;
+    - on the CPU (eager, not compiled) the elementwise work runs one head at a time in a
+      float32 scratch that stays in the core's cache, and the big activations live in buffers
+      kept between calls (``_blocked_step`` and friends; same maths, see ``_Workspace``).
 
     ``refresh`` copies new weights in place, so compiled code and CUDA graphs stay valid.
     """
@@ -411,6 +427,10 @@ class PlanningModel:
         self._encoder = model.encoder
         for name, value in self._collect(model).items():
             setattr(self, name, value)
+        self.blocked = self.w1.device.type == "cpu"
+        """Use the cache-blocked CPU path (``_blocked_*``); False runs the batched reference
+        path, which is also what torch.compile and CUDA graphs trace."""
+        self._workspaces: dict[int, _Workspace] = {}
 
     def refresh(self, model: WorldModel) -> None:
         """Copy ``model``'s current weights into this copy's tensors."""
@@ -462,6 +482,8 @@ class PlanningModel:
     def step(self, z: Tensor, a: Tensor, with_q: bool = True
              ) -> tuple[Tensor, Tensor, Tensor | None]:
         """(z_t, a_t) -> (z_{t+1}, reward_t (N,), Q heads at (z_t, a_t) (E, N) or None)."""
+        if self._use_blocked():
+            return self._blocked_step(z, a, with_q)
         heads = self.w1.shape[0] if with_q else 2
         hidden = self._first_hidden(z, a, heads)  # (K, N, M) in self.dtype
         h = torch.baddbmm(self.b2[:heads], hidden, self.w2[:heads]).float()
@@ -476,12 +498,16 @@ class PlanningModel:
 
     def q(self, z: Tensor, a: Tensor) -> Tensor:
         """Every Q head at (z, a), (E, N)."""
+        if self._use_blocked():
+            return self._blocked_q(z, a)
         hidden = self._first_hidden(z, a, self.w1.shape[0], first=2)
         h = torch.baddbmm(self.b2[2:], hidden, self.w2[2:]).float()
         return torch.baddbmm(self.b_q, fast_elu(h), self.w_q).squeeze(-1)
 
     def pi(self, z: Tensor) -> Tensor:
         """The policy prior's mean action, (N, A)."""
+        if self._use_blocked():
+            return self._blocked_pi(z)
         x = _with_ones(z)
         scale = _inverse_std(x, self.pi_cov1[None])[0]  # (N,)
         h = torch.addmm(self.pi_c1, (x * scale[:, None]).to(self.dtype), self.pi_w1).float()
@@ -503,6 +529,111 @@ class PlanningModel:
             fast_mish(pre[:mish_heads], out=hidden[:mish_heads])
         torch.tanh(pre[mish_heads:], out=hidden[mish_heads:])
         return hidden
+
+    # ---- the cache-blocked CPU path -----------------------------------------------------
+
+    def _use_blocked(self) -> bool:
+        return self.blocked and not torch.compiler.is_compiling()
+
+    def _workspace(self, rows: int) -> _Workspace:
+        workspace = self._workspaces.pop(rows, None)
+        if workspace is None:
+            workspace = _Workspace(self.w1.shape[0], rows, self.w2.shape[-1], self.dtype)
+            while len(self._workspaces) >= 4:  # a plan uses 2-3 row counts; drop the oldest
+                self._workspaces.pop(next(iter(self._workspaces)))
+        self._workspaces[rows] = workspace  # most recent last
+        return workspace
+
+    def _blocked_hidden(self, x: Tensor, first: int, heads: int, work: _Workspace) -> Tensor:
+        """``_first_hidden`` into ``work.hidden[:heads - first]``, activations head by head."""
+        count = heads - first
+        scale = _inverse_std(x, self.cov1[first:heads])  # (K, N)
+        ones = x[None, :, -1:].expand(count, -1, -1)
+        scaled = torch.cat([x[None] * scale[:, :, None], ones], -1).to(self.dtype)
+        hidden = work.hidden[:count]
+        torch.bmm(scaled, self.w1[first:heads], out=hidden)
+        for k in range(count):
+            f = work.load(hidden[k])
+            if first + k < 2:
+                _mish_(f, work.temp)
+            else:
+                f.tanh_()
+            work.store(f, hidden[k])
+        return hidden
+
+    def _blocked_second(self, hidden: Tensor, first: int, heads: int, work: _Workspace) -> Tensor:
+        out = work.second[: heads - first]
+        return torch.baddbmm(self.b2[first:heads], hidden, self.w2[first:heads], out=out)
+
+    def _blocked_q_heads(self, h: Tensor, work: _Workspace) -> Tensor:
+        """The Q heads' ELU and output layer on their second-layer products h (E, N, M)."""
+        q = torch.empty(h.shape[0], h.shape[1], 1, device=h.device)
+        for k in range(h.shape[0]):
+            f = _elu_(work.load(h[k]), work.temp)
+            torch.addmm(self.b_q[k], f, self.w_q[k], out=q[k])
+        return q.squeeze(-1)
+
+    def _blocked_step(self, z: Tensor, a: Tensor, with_q: bool
+                      ) -> tuple[Tensor, Tensor, Tensor | None]:
+        heads = self.w1.shape[0] if with_q else 2
+        work = self._workspace(z.shape[0])
+        x = _with_ones(torch.cat([z, a], -1))
+        h = self._blocked_second(self._blocked_hidden(x, 0, heads, work), 0, heads, work)
+        f = _layer_norm(work.load(h[0]), self.g2[0], self.c2[0])
+        z_next = torch.addmm(self.b_dyn, _mish_(f, work.temp), self.w_dyn)
+        z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.g_dyn, self.c_dyn))
+        f = _layer_norm(work.load(h[1]), self.g2[1], self.c2[1])
+        reward = torch.addmm(self.b_rew, _mish_(f, work.temp), self.w_rew).squeeze(-1)
+        q = self._blocked_q_heads(h[2:], work) if with_q else None
+        return z_next, reward, q
+
+    def _blocked_q(self, z: Tensor, a: Tensor) -> Tensor:
+        heads = self.w1.shape[0]
+        work = self._workspace(z.shape[0])
+        x = _with_ones(torch.cat([z, a], -1))
+        h = self._blocked_second(self._blocked_hidden(x, 2, heads, work), 2, heads, work)
+        return self._blocked_q_heads(h, work)
+
+    def _blocked_pi(self, z: Tensor) -> Tensor:
+        work = self._workspace(z.shape[0])
+        x = _with_ones(z)
+        scale = _inverse_std(x, self.pi_cov1[None])[0]  # (N,)
+        hidden = work.hidden[0]
+        torch.addmm(self.pi_c1, (x * scale[:, None]).to(self.dtype), self.pi_w1, out=hidden)
+        work.store(_mish_(work.load(hidden), work.temp), hidden)
+        h = torch.addmm(self.pi_b2, hidden, self.pi_w2, out=work.second[0])
+        f = _mish_(_layer_norm(work.load(h), self.pi_g2, self.pi_c2), work.temp)
+        return torch.tanh(torch.addmm(self.pi_b3, f, self.pi_w3))
+
+
+class _Workspace:
+    """Buffers of ``PlanningModel``'s blocked path for one row count N, kept between calls.
+
+    ``hidden`` and ``second`` (K, N, M) in the rollout dtype hold the first layer's
+    activations and the second layer's outputs of all K heads (fresh tensors of this size cost
+    a page fault per 4 KiB on every call); ``scratch`` and ``temp`` (N, M) float32 are where
+    one head's activation is computed, small enough to stay in the cache between its passes.
+    """
+
+    def __init__(self, heads: int, rows: int, width: int, dtype: torch.dtype) -> None:
+        self.hidden = torch.empty(heads, rows, width, dtype=dtype)
+        self.second = torch.empty(heads, rows, width, dtype=dtype)
+        self.scratch = torch.empty(rows, width)
+        self.temp = torch.empty(rows, width)
+
+    def load(self, source: Tensor) -> Tensor:
+        """``source`` (N, M) in float32: itself when it is float32 already, else the scratch."""
+        if source.dtype == torch.float32:
+            return source
+        return self.scratch.copy_(source)
+
+    def store(self, value: Tensor, target: Tensor) -> None:
+        if value.data_ptr() != target.data_ptr():
+            target.copy_(value)
+
+
+def _layer_norm(x: Tensor, gain: Tensor, shift: Tensor) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], gain, shift)
 
 
 def _with_ones(x: Tensor) -> Tensor:
