@@ -12,7 +12,8 @@ than ``max_state_age_s`` stops the robot. A controller error (``XArmError``) put
 STATE_ERROR with the controller's code and meaning in diagnostics; the trial supervisor ends
 the trial on either.
 
-Subscribes: robot/action, trial/events (START resets), robot/emergency_stop.
+Subscribes: robot/action, trial/events (START resets; PAUSE holds the robot, refusing actions,
+until RESUME, which publishes a fresh state to plan from), robot/emergency_stop.
 Publishes: robot/state and world/state after every reset and every executed action.
 Service: robot/emergency_stop (std_srvs/Trigger).
 """
@@ -163,7 +164,8 @@ class RobotDriver(Node):
         self.busy = False
         self.last_report = 0.0
         self.refused: dict[str, int] = {}
-        self.last_action = time.monotonic()  # watchdog: the last action or reset
+        self.last_action = time.monotonic()  # watchdog: the last action, reset or resume
+        self.paused = False  # the operator paused the episode: the robot holds still
         self.reading: tuple[np.ndarray, float, np.ndarray] | None = None  # last good one
         self.state_publisher = publisher(self, "robot/state")
         self.world_publisher = publisher(self, "world/state")
@@ -182,6 +184,16 @@ class RobotDriver(Node):
         if event.event == EpisodeEvent.END and event.episode_id == self.episode_id:
             self.limit = self.step  # the supervisor ended it: no step more
             return
+        if event.event in (EpisodeEvent.PAUSE, EpisodeEvent.RESUME) \
+                and event.episode_id == self.episode_id:
+            self.paused = event.event == EpisodeEvent.PAUSE
+            self.get_logger().info(f"{'paused' if self.paused else 'resumed'} "
+                                   f"{self.episode_id} at step {self.step}")
+            if not self.paused:
+                self.last_action = time.monotonic()
+                if self.state == RobotState.STATE_READY and not self.busy:
+                    self.publish_state()  # a fresh state to plan the next step from
+            return
         if event.event != EpisodeEvent.START or event.episode_id == self.episode_id:
             return
         if self.busy:  # a step of the last episode still to report: drop it
@@ -189,6 +201,7 @@ class RobotDriver(Node):
             self.destroy_timer(self._report_timer)
             self.busy = False
         self.episode_id, self.trial, self.step = event.episode_id, event.trial, 0
+        self.paused = False
         self.limit = min(event.length or self.spec.episode_length, self.spec.episode_length)
         self.state = RobotState.STATE_MOVING
         try:
@@ -223,6 +236,9 @@ class RobotDriver(Node):
             return
         if self.state != RobotState.STATE_READY:
             self._refuse("not_ready", f"robot is {self._state_name()}")
+            return
+        if self.paused:
+            self._refuse("paused", f"{self.episode_id} is paused by the operator")
             return
         if command.episode_id != self.episode_id or command.step != self.step:
             self._refuse("out_of_order", f"for {command.episode_id} step {command.step}, robot "
@@ -296,7 +312,7 @@ class RobotDriver(Node):
         """The watchdog and the state-age check, several times a second while ready."""
         if self.state != RobotState.STATE_READY or self.busy:
             return
-        in_episode = bool(self.episode_id) and self.step < self.limit
+        in_episode = bool(self.episode_id) and self.step < self.limit and not self.paused
         idle = time.monotonic() - self.last_action
         if in_episode and self.params.watchdog_s and idle > self.params.watchdog_s:
             self.halt(RobotState.STATE_STOPPED, f"watchdog: no action for {idle:.1f} s at step "
