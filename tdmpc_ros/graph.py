@@ -42,8 +42,10 @@ class Qos:
 
 QOS = {
     "sensor": Qos(False, 2, why="camera frames: only the newest matters, a late one is useless"),
-    "state": Qos(True, 10, why="robot state: small, every sample is used by the recorder"),
-    "command": Qos(True, 1, why="actions: the driver acts on the newest only, but must get it"),
+    "state": Qos(True, 50, why="robot state: small, every sample is used by the recorder, "
+                 "which may fall a few steps behind while it writes to disk"),
+    "command": Qos(True, 10, why="actions: the driver acts on the newest only, but must get it; "
+                   "the recorder needs every one"),
     "monitor": Qos(True, 5, why="plans and markers for rviz and logs"),
     "data": Qos(True, 200, why="transitions: none may be lost between recorder and learner"),
     "events": Qos(True, 100, latched=True,

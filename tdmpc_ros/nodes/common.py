@@ -78,12 +78,20 @@ def publisher(node: Node, name: str) -> Any:
 
 
 def subscribe(node: Node, name: str, callback: Callable[[Any], None],
-              on_refused: Callable[[Any, Exception], None] | None = None, **kwargs: Any) -> Any:
-    """A subscription whose messages pass interfaces.check_message before ``callback``."""
+              on_refused: Callable[[Any, Exception], None] | None = None,
+              queue: int | None = None, **kwargs: Any) -> Any:
+    """A subscription whose messages pass interfaces.check_message before ``callback``.
+
+    ``queue`` deepens this reader's queue beyond the topic's depth: a reader that needs every
+    message (the recorder) keeps what arrives while it is busy, where a planner wants the newest.
+    """
     topic = graph.topic(name)
+    profile = topic.profile()
+    if queue is not None:
+        profile.depth = max(profile.depth, queue)
     return node.create_subscription(
         topic.message_class(), topic.name,
-        checked_callback(callback, node.get_logger(), on_refused), topic.profile(), **kwargs)
+        checked_callback(callback, node.get_logger(), on_refused), profile, **kwargs)
 
 
 class Diagnostics:

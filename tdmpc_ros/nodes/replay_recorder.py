@@ -41,6 +41,7 @@ from tdmpc_ros.nodes.observations import Observation, ObservationAssembler
 from tdmpc_ros.tasks import get_task
 
 ENDING_GRACE_S = 5.0
+QUEUE = 100  # messages of each input kept while the recorder is busy (4 episodes)
 
 
 def event_key(kind: int, episode_id: str) -> str:
@@ -125,12 +126,14 @@ class ReplayRecorder(Node):
         self._resume()
         self.create_timer(0.5, self._finish_ended)
         self.transition_publisher = publisher(self, "replay/transitions")
-        self.inputs = [subscribe(self, "robot/action", self.on_action),
+        # Deep queues: every step counts, and a disk write may hold this node up for a while.
+        self.inputs = [subscribe(self, "robot/action", self.on_action, queue=QUEUE),
                        subscribe(self, "trial/events", self.on_event),
-                       subscribe(self, "robot/state", self.on_observation_part),
-                       subscribe(self, "world/state", self.on_observation_part)]
+                       subscribe(self, "robot/state", self.on_observation_part, queue=QUEUE),
+                       subscribe(self, "world/state", self.on_observation_part, queue=QUEUE)]
         if self.params.record_images:
-            self.inputs.append(subscribe(self, "camera/image_raw", self.on_observation_part))
+            self.inputs.append(subscribe(self, "camera/image_raw", self.on_observation_part,
+                                         queue=QUEUE))
         Diagnostics(self, self.diagnostics)
         self.get_logger().info(f"recording to {self.store}")
 
