@@ -538,8 +538,9 @@ class PlanningModel:
     def _workspace(self, rows: int) -> _Workspace:
         workspace = self._workspaces.pop(rows, None)
         if workspace is None:
-            workspace = _Workspace(self.w1.shape[0], rows, self.w2.shape[-1], self.dtype)
-            while len(self._workspaces) >= 4:  # a plan uses 2-3 row counts; drop the oldest
+            workspace = _Workspace(self.w1.shape[0], rows, self.w2.shape[-1], self.dtype,
+                                   self.latent_dim, self.action_dim)
+            while len(self._workspaces) >= 6:  # a plan uses 4 row counts; drop the oldest
                 self._workspaces.pop(next(iter(self._workspaces)))
         self._workspaces[rows] = workspace  # most recent last
         return workspace
@@ -548,17 +549,18 @@ class PlanningModel:
         """``_first_hidden`` into ``work.hidden[:heads - first]``, activations head by head."""
         count = heads - first
         scale = _inverse_std(x, self.cov1[first:heads])  # (K, N)
-        ones = x[None, :, -1:].expand(count, -1, -1)
-        scaled = torch.cat([x[None] * scale[:, :, None], ones], -1).to(self.dtype)
+        scaled = work.scaled[:count]  # [x / std, 1] in the rollout dtype; the 1s are there
+        torch.mul(x, scale[:, :, None], out=scaled[:, :, :-1])
         hidden = work.hidden[:count]
         torch.bmm(scaled, self.w1[first:heads], out=hidden)
-        for k in range(count):
-            f = work.load(hidden[k])
-            if first + k < 2:
-                _mish_(f, work.temp)
+        mish_heads = max(0, 2 - first)  # dynamics and reward: Mish; Q heads: tanh
+        for start, stop in work.groups(0, mish_heads) + work.groups(mish_heads, count):
+            f = work.load(hidden[start:stop])
+            if start < mish_heads:
+                _mish_(f, work.temp[: stop - start])
             else:
                 f.tanh_()
-            work.store(f, hidden[k])
+            work.store(f, hidden[start:stop])
         return hidden
 
     def _blocked_second(self, hidden: Tensor, first: int, heads: int, work: _Workspace) -> Tensor:
@@ -568,29 +570,29 @@ class PlanningModel:
     def _blocked_q_heads(self, h: Tensor, work: _Workspace) -> Tensor:
         """The Q heads' ELU and output layer on their second-layer products h (E, N, M)."""
         q = torch.empty(h.shape[0], h.shape[1], 1, device=h.device)
-        for k in range(h.shape[0]):
-            f = _elu_(work.load(h[k]), work.temp)
-            torch.addmm(self.b_q[k], f, self.w_q[k], out=q[k])
+        for start, stop in work.groups(0, h.shape[0]):
+            f = _elu_(work.load(h[start:stop]), work.temp[: stop - start])
+            torch.baddbmm(self.b_q[start:stop], f, self.w_q[start:stop], out=q[start:stop])
         return q.squeeze(-1)
 
     def _blocked_step(self, z: Tensor, a: Tensor, with_q: bool
                       ) -> tuple[Tensor, Tensor, Tensor | None]:
         heads = self.w1.shape[0] if with_q else 2
         work = self._workspace(z.shape[0])
-        x = _with_ones(torch.cat([z, a], -1))
+        x = work.inputs(z, a)
         h = self._blocked_second(self._blocked_hidden(x, 0, heads, work), 0, heads, work)
         f = _layer_norm(work.load(h[0]), self.g2[0], self.c2[0])
-        z_next = torch.addmm(self.b_dyn, _mish_(f, work.temp), self.w_dyn)
+        z_next = torch.addmm(self.b_dyn, _mish_(f, work.temp[0]), self.w_dyn)
         z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.g_dyn, self.c_dyn))
         f = _layer_norm(work.load(h[1]), self.g2[1], self.c2[1])
-        reward = torch.addmm(self.b_rew, _mish_(f, work.temp), self.w_rew).squeeze(-1)
+        reward = torch.addmm(self.b_rew, _mish_(f, work.temp[0]), self.w_rew).squeeze(-1)
         q = self._blocked_q_heads(h[2:], work) if with_q else None
         return z_next, reward, q
 
     def _blocked_q(self, z: Tensor, a: Tensor) -> Tensor:
         heads = self.w1.shape[0]
         work = self._workspace(z.shape[0])
-        x = _with_ones(torch.cat([z, a], -1))
+        x = work.inputs(z, a)
         h = self._blocked_second(self._blocked_hidden(x, 2, heads, work), 2, heads, work)
         return self._blocked_q_heads(h, work)
 
@@ -600,9 +602,9 @@ class PlanningModel:
         scale = _inverse_std(x, self.pi_cov1[None])[0]  # (N,)
         hidden = work.hidden[0]
         torch.addmm(self.pi_c1, (x * scale[:, None]).to(self.dtype), self.pi_w1, out=hidden)
-        work.store(_mish_(work.load(hidden), work.temp), hidden)
+        work.store(_mish_(work.load(hidden), work.temp[0]), hidden)
         h = torch.addmm(self.pi_b2, hidden, self.pi_w2, out=work.second[0])
-        f = _mish_(_layer_norm(work.load(h), self.pi_g2, self.pi_c2), work.temp)
+        f = _mish_(_layer_norm(work.load(h), self.pi_g2, self.pi_c2), work.temp[0])
         return torch.tanh(torch.addmm(self.pi_b3, f, self.pi_w3))
 
 
@@ -611,21 +613,45 @@ class _Workspace:
 
     ``hidden`` and ``second`` (K, N, M) in the rollout dtype hold the first layer's
     activations and the second layer's outputs of all K heads (fresh tensors of this size cost
-    a page fault per 4 KiB on every call); ``scratch`` and ``temp`` (N, M) float32 are where
-    one head's activation is computed, small enough to stay in the cache between its passes.
+    a page fault per 4 KiB on every call); ``scratch`` and ``temp`` (G, N, M) float32 are where
+    the activations of a group of G heads are computed, G chosen so that the group stays in
+    the cache between its passes (G = 1 at paper size; more heads at once when they are small,
+    as fewer operations then cost less than the cache misses they save).
     """
 
-    def __init__(self, heads: int, rows: int, width: int, dtype: torch.dtype) -> None:
+    CACHE_BYTES = 1 << 20
+    """float32 bytes of one group: half a core's L2 here (scratch and temp together fill it)."""
+
+    def __init__(self, heads: int, rows: int, width: int, dtype: torch.dtype, latent: int,
+                 action: int) -> None:
+        self.latent = latent
+        self._inputs = torch.ones(rows, latent + action + 1)  # [z, a, 1]
+        self.scaled = torch.ones(heads, rows, latent + action + 2, dtype=dtype)  # [x / std, 1]
         self.hidden = torch.empty(heads, rows, width, dtype=dtype)
         self.second = torch.empty(heads, rows, width, dtype=dtype)
-        self.scratch = torch.empty(rows, width)
-        self.temp = torch.empty(rows, width)
+        self.group = max(1, min(heads, self.CACHE_BYTES // (4 * rows * width)))
+        self.scratch = torch.empty(self.group, rows, width)
+        self.temp = torch.empty(self.group, rows, width)
+
+    def inputs(self, z: Tensor, a: Tensor) -> Tensor:
+        """[z, a, 1] (N, L + A + 1) float32, in a buffer."""
+        x = self._inputs
+        x[:, : self.latent].copy_(z)
+        x[:, self.latent : -1].copy_(a)
+        return x
+
+    def groups(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """Heads start..stop - 1 as (first, end) ranges of at most ``group`` heads."""
+        return [(k, min(k + self.group, stop)) for k in range(start, stop, self.group)]
 
     def load(self, source: Tensor) -> Tensor:
-        """``source`` (N, M) in float32: itself when it is float32 already, else the scratch."""
+        """``source`` ((G,) N, M) in float32: itself when it is float32 already, else a copy in
+        the scratch."""
         if source.dtype == torch.float32:
             return source
-        return self.scratch.copy_(source)
+        if source.dim() == 2:
+            return self.scratch[0].copy_(source)
+        return self.scratch[: source.shape[0]].copy_(source)
 
     def store(self, value: Tensor, target: Tensor) -> None:
         if value.data_ptr() != target.data_ptr():
@@ -643,8 +669,7 @@ def _with_ones(x: Tensor) -> Tensor:
 def _inverse_std(x: Tensor, cov: Tensor, eps: float = 1e-5) -> Tensor:
     """1 / sqrt(x C_k x^T + eps) for every head k: x (N, D), cov (K, D, D) -> (K, N)."""
     quad = torch.matmul(x, cov)  # (K, N, D)
-    variance = (quad * x).sum(-1).clamp_(min=0.0)
-    return torch.rsqrt(variance + eps)
+    return quad.mul_(x).sum(-1).clamp_(min=0.0).add_(eps).rsqrt_()
 
 
 def _fold_layer_norm(weight: Tensor, bias: Tensor, gain: Tensor, shift: Tensor
