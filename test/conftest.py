@@ -14,6 +14,22 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 _domain_counter = itertools.count()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Bring up DDS in this process before any test module imports pyrealsense2: a process that
+    loads librealsense before its first ROS node segfaults at exit (Fast DDS's and
+    librealsense's static destructors; seen with pyrealsense2 2.59.1 and the Kilted wheels).
+    The camera node creates its node first for the same reason."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=0)
+    try:
+        rclpy.create_node("tdmpc_ros_test_session", context=context,
+                          start_parameter_services=False).destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
 def next_domain_id() -> int:
     """A domain id for one test: spread by process id so that concurrent test runs (CI next to
     a developer's run) rarely meet, and by a counter so that tests in one run never do."""

@@ -32,6 +32,8 @@ from tdmpc_ros.hardware.frames import (
     fit_intrinsics,
 )
 
+# In a process that also runs ROS 2, create the rclpy node first: a process that loads
+# librealsense before its first node segfaults at exit (seen with pyrealsense2 2.59.1).
 try:  # only a machine with a RealSense needs the library; importing this module must not
     import pyrealsense2 as rs
 except ImportError as _error:  # pragma: no cover - the project's venv has it

@@ -43,17 +43,19 @@ from tdmpc_ros.tasks import get_task
 
 # topic -> readers its writer must have matched before a trial starts (from the writers' own
 # diagnostics): the driver's state goes to planner, recorder and supervisor; the world state also
-# to the camera; the camera's frames to the recorder; the planner's actions to the driver,
-# recorder and supervisor; the recorder's transitions to the learner and supervisor; the
-# learner's weights (sent once it has loaded its data) to the planner.
+# to the simulated camera, which renders it (a real camera does not listen); the camera's frames
+# to the recorder; the planner's actions to the driver, recorder and supervisor; the recorder's
+# transitions to the learner and supervisor; the learner's weights (sent once it has loaded its
+# data) to the planner.
 READY_WHEN = {
     "robot/state": 3,
-    "world/state": 4,
+    "world/state": 3,
     "camera/image_raw": 1,
     "robot/action": 3,
     "replay/transitions": 2,
     "learner/weights": 1,
 }
+READY_WHEN_SIM = {**READY_WHEN, "world/state": 4}
 RECORDER_SILENCE_S = 2.0  # no recorder heartbeat for this long: it is down
 RECORDER_SETTLE_S = 2.0  # a (re)started recorder's streams need this long to match both ways
 FINISH_GRACE_S = 10.0  # at the end, wait this long at most for the last step to be recorded
@@ -130,7 +132,8 @@ class TrialSupervisor(Node):
         present = set(self.get_node_names())
         missing = [node.name for node in graph.NODES if node.name not in present]
         now = time.monotonic()
-        for name, wanted in READY_WHEN.items():
+        ready_when = READY_WHEN_SIM if self.params.backend == "sim" else READY_WHEN
+        for name, wanted in ready_when.items():
             readers, heard = self.readers.get(self.resolve_topic_name(name), (0, 0.0))
             if readers < wanted or now - heard > RECORDER_SILENCE_S:
                 missing.append(f"{name} ({readers} of {wanted} readers)")

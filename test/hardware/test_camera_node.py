@@ -4,6 +4,7 @@ parameters."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -14,13 +15,11 @@ import numpy as np
 import pytest
 
 from tdmpc_ros import graph
-from tdmpc_ros.hardware import record_realsense
 from tdmpc_ros.hardware.realsense import connected_serials
 from tdmpc_ros.interfaces import msg_to_image
 from tdmpc_ros.launcher import parse_arguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros"))
-from rostest import NodeGroup, node_command, ros_node, spin_until  # noqa: E402
+from rostest import NodeGroup, node_command, ros_node, spin_until
 
 pytestmark = pytest.mark.ros
 
@@ -56,6 +55,19 @@ class Observer:
         return self.status.message if self.status is not None else ""
 
 
+def record(out: Path, frames: int, width: int, height: int, **options: object) -> list[float]:
+    """``record_realsense.record`` in a process of its own: librealsense objects left in a
+    process that also ran rclpy crash it at exit."""
+    script = ("import json, sys; from pathlib import Path; "
+              "from tdmpc_ros.hardware.record_realsense import record; "
+              "arguments = json.loads(sys.argv[1]); "
+              "print(json.dumps(record(Path(arguments.pop('out')), **arguments)))")
+    arguments = {"out": str(out), "frames": frames, "width": width, "height": height, **options}
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(arguments)],
+                            capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def stamp_ns(header) -> int:
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
@@ -63,7 +75,7 @@ def stamp_ns(header) -> int:
 def test_the_node_plays_a_recording_with_its_stamps(ros_env, tmp_path) -> None:
     frames, fps = 30, 30
     recording = tmp_path / "session.db3"
-    stamps = record_realsense.record(recording, frames, 128, 96, fps=fps, start_ms=5000.0,
+    stamps = record(recording, frames, 128, 96, fps=fps, start_ms=5000.0,
                                      depth=True)
     command = camera_command(tmp_path, playback_file=recording, enable_depth="true")
     with ros_node("camera_observer", ros_env) as (node, executor), \
@@ -107,7 +119,7 @@ def test_stale_frames_and_a_stalled_camera_are_reported_never_published(ros_env,
     stamps = [1000.0, 1033.0, 1033.0, 1066.0, 1100.0, 1050.0, 1133.0, 1166.0]
     delays = [0.03, 0.03, 0.03, 0.8, 0.03, 0.03, 0.03, 0.03]
     recording = tmp_path / "stalls.db3"
-    record_realsense.record(recording, len(stamps), 84, 84, stamps=stamps, delays_s=delays)
+    record(recording, len(stamps), 84, 84, stamps=stamps, delays_s=delays)
     command = camera_command(tmp_path, playback_file=recording, frame_timeout_s=0.3)
     with ros_node("camera_observer", ros_env) as (node, executor), \
             NodeGroup({"camera": command}, ros_env, tmp_path) as group:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +21,7 @@ from tdmpc_ros.hardware.xarm_backend import (
 from tdmpc_ros.hardware.xarm_standin import control
 from tdmpc_ros.tasks import get_task
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros"))
-from rostest import peer_process  # noqa: E402
+from rostest import peer_process
 
 SPEC = get_task("reach")
 _addresses = itertools.count(1)

@@ -4,8 +4,6 @@ SDK over DDS: the watchdog, an emergency stop and a controller error each stop t
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +14,7 @@ from tdmpc_ros.hardware.xarm_standin import control
 from tdmpc_ros.launcher import parse_arguments
 from tdmpc_ros.msg import ActionCommand, EpisodeEvent, RobotState
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros"))
-from rostest import NodeGroup, node_command, peer_process, ros_node, spin_until  # noqa: E402
+from rostest import NodeGroup, node_command, peer_process, ros_node, spin_until
 
 pytestmark = pytest.mark.ros
 

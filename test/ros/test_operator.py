@@ -75,8 +75,13 @@ def test_operator_marks_pauses_and_aborts_the_trials(tmp_path, ros_env) -> None:
         def event(kind: int, trial: int) -> EpisodeEvent | None:
             return next((e for e in events if e.event == kind and e.trial == trial), None)
 
-        # A failure marked during trial 1 ends it at once, so marked.
+        def send(command: int) -> None:  # straight from this node: no start-up delay
+            operator.publish(OperatorCommand(command=command))
+
+        # A failure marked during trial 1 ends it at once, so marked. (The console process
+        # takes a second or two to come up under load: a pause holds the trial meanwhile.)
         spin_until(executor, lambda: at(1, 3), 180, "trial 1, step 3")
+        send(OperatorCommand.PAUSE)
         result = _console(ros_env, "--send", "failure", "--detail", "cube slipped")
         assert result.returncode == 0, result.stderr
         spin_until(executor, lambda: event(EpisodeEvent.END, 1), 30, "the end of trial 1")
@@ -86,8 +91,7 @@ def test_operator_marks_pauses_and_aborts_the_trials(tmp_path, ros_env) -> None:
 
         # Pause holds the robot: no step while paused; resume carries on.
         spin_until(executor, lambda: at(2, 3), 60, "trial 2, step 3")
-        # (Straight from this node: a console process takes a second or two to come up.)
-        operator.publish(OperatorCommand(command=OperatorCommand.PAUSE))
+        send(OperatorCommand.PAUSE)
         spin_until(executor, lambda: event(EpisodeEvent.PAUSE, 2), 30, "the pause event")
         _spin_for(executor, 1.0)  # the step under way when the pause came may still finish
 
@@ -97,13 +101,14 @@ def test_operator_marks_pauses_and_aborts_the_trials(tmp_path, ros_env) -> None:
         held = trial2_step()
         _spin_for(executor, 2.0)
         assert trial2_step() == held, "the robot stepped while paused"
-        operator.publish(OperatorCommand(command=OperatorCommand.RESUME))
+        send(OperatorCommand.RESUME)
         spin_until(executor, lambda: at(2, held + 2), 30, "steps after resume")
         assert event(EpisodeEvent.END, 2) is None or event(EpisodeEvent.END, 2).reason != \
             EpisodeEvent.REASON_STALE_INPUT
 
         # Abort ends the running trial and the run; the summary says so.
         spin_until(executor, lambda: at(3, 2), 60, "trial 3, step 2")
+        send(OperatorCommand.PAUSE)
         assert _console(ros_env, "--send", "abort").returncode == 0
         spin_until(executor, lambda: group.processes["trial_supervisor"].poll() is not None,
                    60, "the supervisor to finish")
