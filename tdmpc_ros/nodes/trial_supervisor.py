@@ -2,8 +2,8 @@
 
 A trial starts with an EpisodeEvent START (the driver resets on it). Each robot state of the
 episode is judged by the task's own function (``tasks.reward_and_success``); the episode ends
-after the task's length (or ``max_steps``), or when no step arrives for ``step_timeout_s``
-(stale input).
+after the task's length (or ``max_steps``), or as stale input when no step arrives for
+``step_timeout_s`` or a real camera has sent no new frame for ``max_frame_age_s``.
 
 The operator has the last word (``trial/operator``, from ``operator_console``): success or
 failure ends the running trial so marked (between trials it relabels the last one), pause holds
@@ -69,6 +69,8 @@ class SupervisorParams:
     max_steps: int = param("steps per trial; 0: the task's episode length")
     run_dir: str = param("where summary.json and trials.png go")
     step_timeout_s: float = param("end a trial as stale when no step arrives for this long (s)")
+    max_frame_age_s: float = param("end a trial as stale when a real camera has sent no new "
+                                   "frame for this long (s, from its diagnostics); 0: never")
     startup_timeout_s: float = param("give up when the robot and planner are not up by then (s)")
 
     def __post_init__(self) -> None:
@@ -77,6 +79,9 @@ class SupervisorParams:
             raise ValueError(f"trials must be >= 1, got {self.trials}")
         if not 0 <= self.max_steps <= spec.episode_length:
             raise ValueError(f"max_steps must be in [0, {spec.episode_length}]")
+        if self.max_frame_age_s < 0 or self.step_timeout_s <= 0:
+            raise ValueError(f"max_frame_age_s ({self.max_frame_age_s}) must be >= 0 and "
+                             f"step_timeout_s ({self.step_timeout_s}) > 0")
 
 
 @dataclass
@@ -118,6 +123,7 @@ class TrialSupervisor(Node):
         self.recorder_heard = 0.0  # when the recorder last said all its inputs are matched
         self.last_event = ""  # the recorder must have seen it before the next trial starts
         self.readers: dict[str, tuple[int, float]] = {}  # topic -> (matched readers, when)
+        self.camera_frame_at: float | None = None  # a real camera's last new frame, as it said
         subscribe(self, "/diagnostics", self.on_diagnostics)
         self.create_timer(0.2, self.tick)
         Diagnostics(self, self.diagnostics)
@@ -137,6 +143,8 @@ class TrialSupervisor(Node):
             readers, heard = self.readers.get(self.resolve_topic_name(name), (0, 0.0))
             if readers < wanted or now - heard > RECORDER_SILENCE_S:
                 missing.append(f"{name} ({readers} of {wanted} readers)")
+        if self.camera_stale_s() is not None:
+            missing.append(f"the camera (no new frame for {self.camera_stale_s():.0f} s)")
         if not self.recorder_alive():
             missing.append("the replay recorder's heartbeat: up, every input matched, and the "
                            "last episode event seen")
@@ -149,12 +157,24 @@ class TrialSupervisor(Node):
             for item in status.values:
                 if item.key.startswith("readers "):
                     self.readers[item.key.removeprefix("readers ")] = (int(item.value), now)
+            if status.name.endswith("/camera"):
+                for item in status.values:
+                    if item.key == "seconds since last frame":  # real cameras only
+                        self.camera_frame_at = now - float(item.value)
             if status.name.endswith("/replay_recorder"):
                 values = {item.key: item.value for item in status.values}
                 if (values.get("inputs_matched") == "True"
                         and values.get("last_event", "") == self.last_event
                         and float(values.get("up_s", "0")) >= RECORDER_SETTLE_S):
                     self.recorder_heard = time.monotonic()
+
+    def camera_stale_s(self) -> float | None:
+        """How long a real camera has sent no new frame, when that is over the limit (a camera
+        whose node died goes silent on /diagnostics too, and so counts as stale)."""
+        if not self.params.max_frame_age_s or self.camera_frame_at is None:
+            return None
+        silent = time.monotonic() - self.camera_frame_at
+        return silent if silent > self.params.max_frame_age_s else None
 
     def recorder_alive(self) -> bool:
         return time.monotonic() - self.recorder_heard < RECORDER_SILENCE_S
@@ -185,6 +205,9 @@ class TrialSupervisor(Node):
         if not self.recorder_alive():
             self.end_trial(EpisodeEvent.REASON_ERROR, "the replay recorder went silent: this "
                            "trial's data is incomplete; the next trial waits for it")
+        elif self.camera_stale_s() is not None:
+            self.end_trial(EpisodeEvent.REASON_STALE_INPUT,
+                           f"the camera sent no new frame for {self.camera_stale_s():.1f} s")
         elif now - self.trial.last_step_time > self.params.step_timeout_s:
             self.end_trial(EpisodeEvent.REASON_STALE_INPUT,
                            f"no step for {self.params.step_timeout_s:.0f} s")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from tdmpc_ros import graph
 from tdmpc_ros.core.episodes import load_episodes
 from tdmpc_ros.hardware.xarm_standin import control
 from tdmpc_ros.launcher import parse_arguments
-from tdmpc_ros.msg import ModelWeights, RobotState
+from tdmpc_ros.msg import EpisodeEvent, ModelWeights, OperatorCommand, RobotState
 
 from rostest import NodeGroup, node_command, peer_process, ros_node, spin_until
 
@@ -37,25 +38,30 @@ def _video(path, seconds: float = 90.0, fps: int = 30) -> None:
     writer.release()
 
 
-def test_one_trial_on_the_real_backend_against_the_controller_stand_in(tmp_path, ros_env):
+def _real_stack(tmp_path, address: int, video_seconds: float):
+    """The commands of every node for one trial on the real backend, and the stand-in's."""
     from tdmpc_ros.sim import datasets
 
-    host = f"127.{20 + os.getpid() % 200}.251.{1 + os.getpid() % 250}"
+    host = f"127.{20 + os.getpid() % 200}.{address}.{1 + os.getpid() % 250}"
     video = tmp_path / "camera.avi"
-    _video(video)
+    _video(video, video_seconds)
     data = tmp_path / "data"
     assert datasets.main(["--task", "reach", "--episodes", "4", "--out", str(data),
                           "--quiet"]) == 0
-    run_dir = tmp_path / "run"
     arguments = parse_arguments(["backend:=real", f"robot_ip:={host}", "task:=reach",
-                                 "trials:=1", f"run_dir:={run_dir}", f"dataset:={data}",
-                                 "device:=cpu"])
+                                 "trials:=1", f"run_dir:={tmp_path / 'run'}",
+                                 f"dataset:={data}", "device:=cpu"])
     overrides = {"camera": {"source": "opencv", "device": str(video)},
                  "trial_supervisor": {"max_steps": STEPS},
                  "learner": {"publish_every_updates": 3, "publish_every_s": 1.0}}
     commands = {node.name: node_command(node.name, arguments, overrides.get(node.name))
                 for node in graph.NODES}
-    standin = ["-m", "tdmpc_ros.hardware.xarm_standin", "--host", host]
+    return host, commands, ["-m", "tdmpc_ros.hardware.xarm_standin", "--host", host]
+
+
+def test_one_trial_on_the_real_backend_against_the_controller_stand_in(tmp_path, ros_env):
+    host, commands, standin = _real_stack(tmp_path, 251, video_seconds=90.0)
+    run_dir = tmp_path / "run"
     with peer_process(standin, dict(os.environ), tmp_path / "standin.log"), \
             NodeGroup(commands, ros_env, tmp_path) as group, \
             ros_node("real_stack_test", ros_env) as (node, executor):
@@ -89,3 +95,33 @@ def test_one_trial_on_the_real_backend_against_the_controller_stand_in(tmp_path,
     assert episode.observations["pixels"].shape == (STEPS + 1, 84, 84, 3)
     assert len({int(frame[..., 0].mean()) for frame in episode.observations["pixels"]}) > 1
     assert learner_took_it, group.log("learner")
+
+
+def test_a_camera_that_stops_ends_the_trial_as_stale_input(tmp_path, ros_env):
+    """The camera dies during a trial (paused meanwhile, so that the trial outlasts the
+    detection): on resume the trial ends at once as stale input."""
+    host, commands, standin = _real_stack(tmp_path, 252, video_seconds=90.0)
+    commands["trial_supervisor"] += ("-p", "max_steps:=25")
+    run_dir = tmp_path / "run"
+    with peer_process(standin, dict(os.environ), tmp_path / "standin.log"), \
+            NodeGroup(commands, ros_env, tmp_path) as group, \
+            ros_node("real_stack_test", ros_env) as (node, executor):
+        states: list[RobotState] = []
+        topic = graph.topic("robot/state")
+        node.create_subscription(topic.message_class(), "robot/state", states.append,
+                                 topic.profile())
+        operator = node.create_publisher(OperatorCommand, "trial/operator",
+                                         graph.topic("trial/operator").profile())
+        spin_until(executor, lambda: any(s.step >= 2 for s in states), 240, "step 2")
+        operator.publish(OperatorCommand(command=OperatorCommand.PAUSE))
+        group.kill("camera")
+        deadline = time.monotonic() + 2.5  # longer than max_frame_age_s
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        operator.publish(OperatorCommand(command=OperatorCommand.RESUME))
+        spin_until(executor, lambda: group.processes["trial_supervisor"].poll() is not None,
+                   60, "the trial to end")
+    assert group.processes["trial_supervisor"].returncode == 0, group.log("trial_supervisor")
+    result = json.loads((run_dir / "summary.json").read_text())["results"][0]
+    assert result["reason"] == EpisodeEvent.REASON_STALE_INPUT, result
+    assert "no new frame" in result["detail"] and result["steps"] < 25, result
