@@ -158,6 +158,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    "simulation, or the real xArm", ("sim", "gazebo", "real")),
     LaunchArgument("robot_ip", "192.168.1.185", "backend:=real only: the xArm controller's IP "
                    "address (the vendor's default; a direct cable to the control box is best)"),
+    LaunchArgument("max_speed_mm_s", "", "backend:=real only: the TCP speed the arm never "
+                   "exceeds (mm/s); empty: config/robot_driver.yaml's. Start low (e.g. 50)"),
     LaunchArgument("camera_serial", "", "backend:=real only: the RealSense camera's serial "
                    "number (empty: the only one connected)"),
     LaunchArgument("task", "reach", "the task to run trials of", ("reach", "push", "lift")),
@@ -195,6 +197,9 @@ def check_launch_arguments(values: dict[str, Any]) -> dict[str, str]:
                              f"{'|'.join(argument.choices)}")
     if not merged["trials"].isdigit() or int(merged["trials"]) < 1:
         raise ValueError(f"trials:={merged['trials']} must be a positive whole number")
+    speed = merged["max_speed_mm_s"]
+    if speed and not (speed.replace(".", "", 1).isdigit() and 0 < float(speed) <= 1000):
+        raise ValueError(f"max_speed_mm_s:={speed} must be a speed in (0, 1000] mm/s")
     return merged
 
 
@@ -215,7 +220,10 @@ def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]
     parameters = {"task": arguments["task"], "use_sim_time": arguments["use_sim_time"]}
     parameters.update({
         "camera": {"source": CAMERA_SOURCE[backend], "serial": arguments["camera_serial"]},
-        "robot_driver": {"backend": backend, "robot_ip": arguments["robot_ip"]},
+        "robot_driver": {"backend": backend, "robot_ip": arguments["robot_ip"],
+                         # a float's text: "50" would be read as an integer and refused
+                         **({"xarm_max_speed_mm_s": str(float(arguments["max_speed_mm_s"]))}
+                            if arguments["max_speed_mm_s"] else {})},
         "planner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"],
                     "max_image_skew_s": IMAGE_SKEW_S[backend]},
         "replay_recorder": {"backend": backend, "store": store,

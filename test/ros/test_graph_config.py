@@ -111,3 +111,15 @@ def test_the_ros2_launch_file_builds_the_graph(monkeypatch) -> None:
         assert (kwargs["on_exit"] is not None) == node.required
     assert by_name["trial_supervisor"]["parameters"][1]["trials"] == 7  # typed, as with -p
     assert by_name["planner"]["parameters"][1]["checkpoint"] == ""
+
+
+def test_a_speed_limit_from_the_launch_line_reaches_the_driver_as_a_float() -> None:
+    driver = next(node for node in graph.NODES if node.name == "robot_driver")
+    arguments = graph.check_launch_arguments({"backend": "real", "max_speed_mm_s": "50"})
+    # "50.0": ROS reads "50" as an integer, which a float parameter refuses.
+    assert graph.node_parameters(driver, arguments)["xarm_max_speed_mm_s"] == "50.0"
+    defaults = graph.node_parameters(driver, graph.check_launch_arguments({}))
+    assert "xarm_max_speed_mm_s" not in defaults  # config/robot_driver.yaml's value holds
+    for bad in ("fast", "0", "5000", "-3"):
+        with pytest.raises(ValueError, match="max_speed_mm_s"):
+            graph.check_launch_arguments({"max_speed_mm_s": bad})
