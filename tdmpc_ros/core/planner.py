@@ -159,6 +159,16 @@ class Planner:
         self._gamma = torch.tensor(
             [config.discount**t for t in range(horizon + 1)], device=self.device
         )
+        # Each sequence's rollout as it was scored (latents, rewards, Q-ensemble mean and std,
+        # terminal value), so that the chosen one's trace is read, not rolled out again.
+        rows = samples + self.num_pi
+        self._record = {
+            "z": torch.empty(horizon + 1, rows, model.latent_dim, device=self.device),
+            "reward": torch.empty(horizon, rows, device=self.device),
+            "q_mean": torch.empty(horizon + 1, rows, device=self.device),
+            "q_std": torch.empty(horizon + 1, rows, device=self.device),
+            "terminal": torch.empty(rows, device=self.device),
+        }
         self._score_fn = self._score
         if p.compile:
             self._score_fn = torch.compile(self._score, dynamic=False)
@@ -209,6 +219,11 @@ class Planner:
         if p.warm_start and self._prev_mean is not None:
             mean[:-1] = self._prev_mean[1:]
 
+        # Recording is for the eager path; compiled or graph-captured scoring, and lam 0 (no Q
+        # at each step), trace the chosen sequence again afterwards.
+        record = self._record if (p.uncertainty_coef > 0 and not p.compile
+                                  and not (p.cuda_graphs and self.device.type == "cuda")
+                                  ) else None
         for iteration in range(p.iterations):
             noise = torch.randn(horizon, samples, action_dim, device=self.device, generator=gen)
             torch.addcmul(mean[:, None], std[:, None], noise, out=actions[:, :samples])
@@ -219,9 +234,11 @@ class Planner:
                 policy_noise = self._policy_noise(horizon * num_pi, action_dim)
                 values[:] = self._score(
                     model, z0, actions, self._policy_noise(samples + num_pi, action_dim),
-                    self._head_pair(model.num_q), policy_noise.view(horizon, num_pi, -1))
+                    self._head_pair(model.num_q), policy_noise.view(horizon, num_pi, -1),
+                    record)
             else:
-                values[:samples] = self._score_gaussian(model, z0, actions[:, :samples])
+                values[:samples] = self._score_gaussian(model, z0, actions[:, :samples],
+                                                        record)
             elite_values, elite_idx = torch.topk(values, p.num_elites, sorted=True)
             elite_actions = actions[:, elite_idx]  # (H, K, A)
             weights = torch.exp(p.temperature * (elite_values - elite_values[0]))
@@ -233,12 +250,14 @@ class Planner:
 
         choice = torch.multinomial(weights, 1, generator=gen)[0]
         chosen = elite_actions[:, choice]  # (H, A)
+        row = int(elite_idx[choice])
         self._prev_mean = mean
         action = chosen[0]
         if explore:
             action = action + std[0] * torch.randn(action_dim, device=self.device, generator=gen)
         action = action.clamp(-1.0, 1.0)
-        trace = self._trace(model, z0, chosen)
+        trace = (self._recorded_trace(row) if record is not None
+                 else self._trace(model, z0, chosen))
         summary = PlanSummary(
             action=_np(action),
             actions=_np(chosen),
@@ -279,14 +298,18 @@ class Planner:
     # ---- internals ------------------------------------------------------------------------
 
     def _score(self, model: LatentModel, z0: Tensor, actions: Tensor, terminal_noise: Tensor,
-               head_pair: Tensor, policy_noise: Tensor | None = None) -> Tensor:
+               head_pair: Tensor, policy_noise: Tensor | None = None,
+               record: dict[str, Tensor] | None = None) -> Tensor:
         """Scores of ``actions`` (H, N, A); deterministic given its inputs, so it can be compiled
         or captured in a CUDA graph. With ``policy_noise`` (H, P, A), the last P sequences are
-        the policy prior's: their actions are written into ``actions`` during the rollout."""
+        the policy prior's: their actions are written into ``actions`` during the rollout.
+        ``record`` (only with lambda > 0) receives each sequence's rollout in its first N rows."""
         lam = self.config.planner.uncertainty_coef
         horizon, n = actions.shape[0], actions.shape[1]
         policy_rows = 0 if policy_noise is None else policy_noise.shape[1]
         z = z0.expand(n, -1)
+        if record is not None:
+            record["z"][0, :n] = z0
         total = torch.zeros(n, device=actions.device)
         for t in range(horizon):
             if policy_rows:
@@ -294,22 +317,36 @@ class Planner:
                 actions[t, n - policy_rows:] = prior.clamp(-1.0, 1.0)
             z, reward, q = model.step(z, actions[t], with_q=lam > 0)
             if lam > 0:
-                reward = reward - lam * _ensemble_std(q)
+                mean, spread = _ensemble_mean_std(q)
+                if record is not None:
+                    record["z"][t + 1, :n] = z
+                    record["reward"][t, :n] = reward
+                    record["q_mean"][t, :n] = mean
+                    record["q_std"][t, :n] = spread
+                reward = reward - lam * spread
             total = total + self._gamma[t] * reward
         terminal_action = (model.pi(z) + terminal_noise).clamp(-1.0, 1.0)
         q = model.q(z, terminal_action)
         terminal = q[head_pair].min(0).values
         if lam > 0:
-            terminal = terminal - lam * _ensemble_std(q)
+            mean, spread = _ensemble_mean_std(q)
+            if record is not None:
+                record["q_mean"][horizon, :n] = mean
+                record["q_std"][horizon, :n] = spread
+                record["terminal"][:n] = terminal
+            terminal = terminal - lam * spread
         total = total + self._gamma[horizon] * terminal
         return torch.nan_to_num(total, nan=0.0)
 
-    def _score_gaussian(self, model: LatentModel, z0: Tensor, actions: Tensor) -> Tensor:
+    def _score_gaussian(self, model: LatentModel, z0: Tensor, actions: Tensor,
+                        record: dict[str, Tensor] | None = None) -> Tensor:
         n, action_dim = actions.shape[1], actions.shape[2]
         noise = self._policy_noise(n, action_dim)
         pair = self._head_pair(model.num_q)
         if self.config.planner.cuda_graphs and self.device.type == "cuda":
             return self._graph_score(model, z0, actions, noise, pair)
+        if record is not None:
+            return self._score(model, z0, actions, noise, pair, record=record)
         return self._score_fn(model, z0, actions, noise, pair)
 
     def _graph_score(self, model: LatentModel, z0: Tensor, actions: Tensor, noise: Tensor,
@@ -347,6 +384,24 @@ class Planner:
     def _head_pair(self, num_q: int) -> Tensor:
         return torch.randperm(num_q, device=self.device, generator=self.generator)[:2]
 
+    def _recorded_trace(self, row: int) -> dict[str, Any]:
+        """The trace of sequence ``row`` as it was scored: the same numbers that ranked it."""
+        record, horizon = self._record, self.config.horizon
+        lam = self.config.planner.uncertainty_coef
+        rewards, q_std = record["reward"][:, row], record["q_std"][:, row]
+        expected = float((self._gamma[:horizon] * rewards).sum()
+                         + self._gamma[horizon] * record["terminal"][row])
+        penalty = float(lam * (self._gamma * q_std).sum())
+        return {
+            "latents": _np(record["z"][:, row]),
+            "rewards": _np(rewards),
+            "q_mean": _np(record["q_mean"][:, row]),
+            "q_std": _np(q_std),
+            "score": expected - penalty,
+            "expected_return": expected,
+            "uncertainty_penalty": penalty,
+        }
+
     def _trace(self, model: LatentModel, z0: Tensor, actions: Tensor) -> dict[str, Any]:
         """Latents, rewards, Q statistics and the score's parts along one sequence (H, A)."""
         lam, horizon = self.config.planner.uncertainty_coef, actions.shape[0]
@@ -379,8 +434,14 @@ class Planner:
 def _ensemble_std(q: Tensor) -> Tensor:
     """The unbiased std over heads of q (E, N): q.std(0), written out because torch's std over
     a short leading dimension is several times slower on the CPU than these four small ops."""
-    deviation = q - q.mean(0)
-    return deviation.square_().sum(0).div_(q.shape[0] - 1).sqrt_()
+    return _ensemble_mean_std(q)[1]
+
+
+def _ensemble_mean_std(q: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean and unbiased std over heads of q (E, N)."""
+    mean = q.mean(0)
+    deviation = q - mean
+    return mean, deviation.square_().sum(0).div_(q.shape[0] - 1).sqrt_()
 
 
 def _np(tensor: Tensor) -> np.ndarray:

@@ -201,6 +201,30 @@ def test_summary_is_consistent() -> None:
     assert set(summary.to_dict()) >= {"action", "actions", "q_std", "score", "latents"}
 
 
+def test_the_plan_trace_is_the_rollout_that_ranked_the_chosen_sequence() -> None:
+    """The chosen sequence's trace is read from its scoring, not rolled out again: the same
+    latents, rewards and Q statistics as a fresh rollout, and the score that ranked it."""
+    torch.manual_seed(0)
+    cfg = config(**{"model.mlp_dim": 32, "planner.num_samples": 64, "planner.num_elites": 8,
+                    "planner.precision": "float32"})
+    world = WorldModel(cfg, ModelSpec({"state": (6,)}, 2))
+    with torch.no_grad():
+        for parameter in world.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    planner = Planner(world, cfg)
+    obs = {"state": np.linspace(-1, 1, 6).astype(np.float32)}
+    for _ in range(3):  # later plans start warm, and may choose a policy sequence
+        summary = planner.plan(obs)[1]
+        z0 = torch.as_tensor(summary.latents[0])[None]
+        with torch.inference_mode():
+            again = planner._trace(planner.model, z0, torch.as_tensor(summary.actions))
+        for key in ("latents", "rewards"):
+            np.testing.assert_allclose(getattr(summary, key), again[key], atol=1e-5)
+        for key in ("q_mean", "q_std"):  # the terminal's action differs (its noise)
+            np.testing.assert_allclose(getattr(summary, key)[:-1], again[key][:-1], atol=1e-5)
+        assert np.abs(summary.elite_values - summary.score).min() < 1e-4
+
+
 def test_planner_follows_world_model_weight_changes() -> None:
     cfg = config(**{"model.mlp_dim": 32, "planner.num_samples": 32, "planner.num_elites": 4})
     model = WorldModel(cfg, ModelSpec({"state": (6,)}, 2))
@@ -227,6 +251,7 @@ def test_precision_choice() -> None:
 
 
 def test_bfloat16_scores_agree_with_float32() -> None:
+    torch.manual_seed(0)
     cfg = config(**{"model.mlp_dim": 64})
     world = WorldModel(cfg, ModelSpec({"state": (6,)}, 2))
     with torch.no_grad():
