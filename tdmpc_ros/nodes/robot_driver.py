@@ -160,6 +160,7 @@ class RobotDriver(Node):
         self.limit = self.spec.episode_length
         self.state = RobotState.STATE_MOVING  # until the first START resets the robot
         self.stop_reason = ""
+        self.error_code = 0  # the controller's, while an error it raised stands
         self.executed = 0
         self.busy = False
         self.last_report = 0.0
@@ -216,7 +217,7 @@ class RobotDriver(Node):
             self.fail(error, f"reset for {event.episode_id}")
             return
         self.state = RobotState.STATE_READY
-        self.stop_reason = ""
+        self.stop_reason, self.error_code = "", 0
         self.last_action = time.monotonic()
         self.get_logger().info(f"reset for {event.episode_id} (trial {event.trial})")
         self.publish_state()
@@ -304,6 +305,7 @@ class RobotDriver(Node):
         """A backend failed: a controller error is STATE_ERROR, anything else (no reading,
         lost connection) STOPPED; both with the cause in diagnostics."""
         if isinstance(error, XArmError):
+            self.error_code = error.code  # reported in every state until the next reset
             self.halt(RobotState.STATE_ERROR, f"controller error during {during}: {error}")
         else:
             self.halt(RobotState.STATE_STOPPED, f"robot failed during {during}: {error}")
@@ -363,6 +365,7 @@ class RobotDriver(Node):
         state.joints.name = list(self.backend.joint_names)
         state.joints.position = [float(value) for value in joints]
         state.state = self.state
+        state.error_code = self.error_code
         state.backend = self.params.backend
         world = WorldState()
         world.header = state.header
@@ -392,6 +395,8 @@ class RobotDriver(Node):
         except Exception as error:  # noqa: BLE001 - see fail()
             if self.reading is None:  # never read: zeros, and the state says why
                 self.reading = (np.zeros(3), 0.0, np.zeros(len(self.backend.joint_names)))
+            if isinstance(error, XArmError):
+                self.error_code = error.code
             if self.state == RobotState.STATE_READY or self.state == RobotState.STATE_MOVING:
                 self.state = (RobotState.STATE_ERROR if isinstance(error, XArmError)
                               else RobotState.STATE_STOPPED)

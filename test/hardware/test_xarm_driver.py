@@ -81,5 +81,6 @@ def test_xarm_driver_watchdog_emergency_stop_and_controller_error(ros_env, tmp_p
         start("ep-error", 3)
         control(standin, {"op": "inject", "code": 31})
         stopped_with(RobotState.STATE_ERROR, "C31 collision")
+        assert states[-1].error_code == 31  # in the state message too, for rviz and logs
         assert control(standin, {"op": "status"})["error"] == 31
         assert group.processes["robot_driver"].poll() is None  # the node carries on
