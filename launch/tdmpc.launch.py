@@ -19,9 +19,10 @@ from launch import LaunchDescription
 from tdmpc_ros import graph
 
 
-def _typed(value: str) -> object:
-    """Launch arguments are strings; parameters get the type YAML gives them (as with -p)."""
-    return yaml.safe_load(value) if value else value
+def _typed(name: str, value: str) -> object:
+    """Launch arguments are strings; parameters get the type YAML gives them (as with -p), text
+    parameters (a camera's serial number) stay text."""
+    return yaml.safe_load(graph.parameter_yaml(name, value))
 
 
 def _nodes(context, *_, **__) -> list[Node]:
@@ -40,7 +41,7 @@ def _nodes(context, *_, **__) -> list[Node]:
             name=node.name,
             namespace=arguments["namespace"],
             parameters=[str(config / node.parameters),
-                        {name: _typed(value)
+                        {name: _typed(name, value)
                          for name, value in graph.node_parameters(node, arguments).items()}],
             output="screen",
             emulate_tty=True,

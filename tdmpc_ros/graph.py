@@ -9,6 +9,7 @@ Topic names are relative, so that the ``namespace`` launch argument moves the wh
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +211,18 @@ CAMERA_SOURCE = {"sim": "sim", "gazebo": "ros_topic", "real": "realsense"}
 # and at 30 fps its frames come 33 ms apart. No frame that close (the camera stalled): no
 # observation, so nothing is planned or recorded from a stale frame.
 IMAGE_SKEW_S = {"sim": "0.0", "gazebo": "0.05", "real": "0.05"}
+
+
+# Parameters that are text whatever they look like: a RealSense serial is all digits, a path may
+# be, and both launchers read a value as YAML, which would make it a number the node refuses.
+TEXT_PARAMETERS = frozenset({"serial", "robot_ip", "checkpoint", "dataset", "store", "run_dir"})
+
+
+def parameter_yaml(name: str, value: str) -> str:
+    """A parameter's value as YAML text (``-p name:=<this>``, or for ros2 launch to parse)."""
+    if name in TEXT_PARAMETERS or not value:
+        return json.dumps(value)  # a double-quoted YAML string: "" for empty, "0123" stays text
+    return value
 
 
 def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]:

@@ -55,7 +55,7 @@ def node_processes(arguments: dict[str, str]) -> list[Process]:
             command += ["-r", f"__ns:=/{arguments['namespace'].strip('/')}"]
         command += ["--params-file", str(config / node.parameters)]
         for name, value in graph.node_parameters(node, arguments).items():
-            command += ["-p", f"{name}:={value or chr(39) * 2}"]  # '' is YAML's empty string
+            command += ["-p", f"{name}:={graph.parameter_yaml(name, value)}"]
         processes.append(Process(node.name, tuple(command), required=node.required))
     return processes
 

@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -97,7 +98,8 @@ def test_the_ros2_launch_file_builds_the_graph(monkeypatch) -> None:
     assert list(declared) == [argument.name for argument in graph.LAUNCH_ARGUMENTS]
     assert all(kwargs["description"] for kwargs in declared.values())
 
-    context = {**graph.launch_argument_defaults(), "trials": "7", "rviz": "true"}
+    context = {**graph.launch_argument_defaults(), "trials": "7", "rviz": "true",
+               "camera_serial": "825312070233"}
     nodes = actions[-1].kwargs["function"](context)
     assert nodes[0].kwargs["executable"] == "rviz2"
     by_name = {node.kwargs["name"]: node.kwargs for node in nodes[1:]}
@@ -111,6 +113,8 @@ def test_the_ros2_launch_file_builds_the_graph(monkeypatch) -> None:
         assert (kwargs["on_exit"] is not None) == node.required
     assert by_name["trial_supervisor"]["parameters"][1]["trials"] == 7  # typed, as with -p
     assert by_name["planner"]["parameters"][1]["checkpoint"] == ""
+    # A RealSense serial is all digits, and stays text (YAML would make it a number).
+    assert by_name["camera"]["parameters"][1]["serial"] == "825312070233"
 
 
 def test_a_speed_limit_from_the_launch_line_reaches_the_driver_as_a_float() -> None:
@@ -123,3 +127,21 @@ def test_a_speed_limit_from_the_launch_line_reaches_the_driver_as_a_float() -> N
     for bad in ("fast", "0", "5000", "-3"):
         with pytest.raises(ValueError, match="max_speed_mm_s"):
             graph.check_launch_arguments({"max_speed_mm_s": bad})
+
+
+def test_text_parameters_stay_text_on_the_launchers_command_line(ros_env) -> None:
+    """A camera serial of digits and an address reach a node as the strings they are."""
+    from tdmpc_ros.launcher import node_processes
+
+    arguments = graph.check_launch_arguments({"backend": "real", "camera_serial": "0123",
+                                              "robot_ip": "10.0.0.2", "run_dir": "2026"})
+    command = next(p.command for p in node_processes(arguments) if p.name == "camera")
+    script = ("import sys, rclpy; from rclpy.node import Node; rclpy.init(args=sys.argv); "
+              "node = Node('camera', automatically_declare_parameters_from_overrides=True); "
+              "print(repr(node.get_parameter('serial').value))")
+    ros_arguments = command[command.index("--ros-args"):]
+    result = subprocess.run([sys.executable, "-c", script, *ros_arguments], env=ros_env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "'0123'", result.stderr
+    driver = next(p.command for p in node_processes(arguments) if p.name == "robot_driver")
+    assert 'robot_ip:="10.0.0.2"' in driver
