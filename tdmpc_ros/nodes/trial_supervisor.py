@@ -17,6 +17,7 @@ graph.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,17 +156,19 @@ class TrialSupervisor(Node):
         now = time.monotonic()
         for status in array.status:
             for item in status.values:
-                if item.key.startswith("readers "):
-                    self.readers[item.key.removeprefix("readers ")] = (int(item.value), now)
+                readers = _number(item.value)
+                if item.key.startswith("readers ") and readers is not None:
+                    self.readers[item.key.removeprefix("readers ")] = (int(readers), now)
             if status.name.endswith("/camera"):
                 for item in status.values:
-                    if item.key == "seconds since last frame":  # real cameras only
-                        self.camera_frame_at = now - float(item.value)
+                    silent = _number(item.value)
+                    if item.key == "seconds since last frame" and silent is not None:
+                        self.camera_frame_at = now - silent  # real cameras only
             if status.name.endswith("/replay_recorder"):
                 values = {item.key: item.value for item in status.values}
                 if (values.get("inputs_matched") == "True"
                         and values.get("last_event", "") == self.last_event
-                        and float(values.get("up_s", "0")) >= RECORDER_SETTLE_S):
+                        and (_number(values.get("up_s", "")) or 0.0) >= RECORDER_SETTLE_S):
                     self.recorder_heard = time.monotonic()
 
     def camera_stale_s(self) -> float | None:
@@ -357,6 +360,15 @@ class TrialSupervisor(Node):
             "successes": sum(result["success"] for result in self.results),
             "current": trial.episode_id if trial else "", "step": trial.steps if trial else 0,
             "paused": self.paused}
+
+
+def _number(text: str) -> float | None:
+    """A diagnostics value as a number; None if it is not one (anyone may publish there)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _rate(results: list[dict[str, Any]]) -> float:
