@@ -19,7 +19,8 @@ step timing the model was trained on would no longer be ours. Resets move in pos
 Safety, independent of the planner: targets are clipped to the task's workspace box and to the
 configured box; each servo command is bounded in step and speed as above; the controller's
 reduced TCP boundary (the clip box grown by ``fence_margin_m``) with fence mode on is a second
-fence that stops the arm (C35) if anything gets past the first; collision sensitivity comes
+fence that stops the arm (C35) if anything gets past the first, and its reduced mode caps the
+TCP speed at 1.5 x ``max_speed_mm_s`` on the controller too; collision sensitivity comes
 from the configuration (0, detection off, is refused). ``stop()`` stops the arm at once.
 
 Errors: the SDK's error callback and ``get_err_warn_code()`` report controller codes. Codes in
@@ -268,6 +269,13 @@ class XArmBackend:
         boundary = [int(round(v)) for v in (high[0], low[0], high[1], low[1], high[2], low[2])]
         self._check(arm.set_reduced_tcp_boundary(boundary),
                     "set_reduced_tcp_boundary")
+        # Servo mode ignores speed arguments: the controller's reduced-mode TCP speed is the
+        # second limit on speed, as the fence is on position, with a margin (x1.5) so that only
+        # a failure of the first trips it. (Reduced settings take effect when reduced mode is
+        # switched on, so it comes after them.)
+        self._check(arm.set_reduced_max_tcp_speed(int(round(1.5 * config.max_speed_mm_s))),
+                    "set_reduced_max_tcp_speed")
+        self._check(arm.set_reduced_mode(True), "set_reduced_mode")
         code = arm.set_fence_mode(True)
         self._check(code[0] if isinstance(code, list | tuple) else code, "set_fence_mode")
         self._check(arm.set_collision_sensitivity(config.collision_sensitivity),

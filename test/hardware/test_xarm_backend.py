@@ -109,6 +109,8 @@ def test_xarm_connect_sets_the_controller_safety(standin) -> None:
         status = control(standin, {"op": "status"})
         assert status["enabled"] and status["error"] == 0 and status["mode"] == 0
         assert status["fence"] and status["collision_sensitivity"] == 4
+        # The controller caps the TCP speed too (servo mode ignores speed arguments).
+        assert status["reduced_mode"] and status["reduced_speed"] == 375  # 1.5 x 250 mm/s
         # The task's box (x 0.2-0.6, y +-0.25, z 0.02-0.35) cut by the configured z <= 0.30,
         # grown by 30 mm: xmax, xmin, ymax, ymin, zmax, zmin in mm.
         assert status["boundary_mm"] == [630, 170, 280, -280, 330, -10]
