@@ -4,6 +4,7 @@ which ends a trial so marked, holds the robot on pause, and aborts the run with 
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import time
@@ -124,3 +125,49 @@ def test_operator_marks_pauses_and_aborts_the_trials(tmp_path, ros_env) -> None:
                  if e.episode_id == summary["results"][0]["episode_id"])
     assert first.extras["reason"] == EpisodeEvent.REASON_OPERATOR
     assert first.extras["success"] is False and "cube slipped" in first.extras["detail"]
+
+
+def test_the_console_takes_single_keys_on_a_terminal(ros_env) -> None:
+    """On a terminal the console reads keys without Enter; abort needs a second press."""
+    import os
+    import pty
+
+    with ros_node("fake_supervisor", ros_env) as (node, executor):
+        received: list[OperatorCommand] = []
+        topic = graph.topic("trial/operator")
+        node.create_subscription(OperatorCommand, "trial/operator", received.append,
+                                 topic.profile())
+        process_id, terminal = pty.fork()
+        if process_id == 0:  # the child: the console on the pseudo-terminal
+            os.execve(sys.executable, [sys.executable, "-m", "tdmpc_ros.nodes.operator_console"],
+                      ros_env)
+        output = b""
+
+        def read_until(text: bytes, seconds: float = 30.0) -> None:
+            nonlocal output
+            deadline = time.monotonic() + seconds
+            while text not in output:
+                assert time.monotonic() < deadline, f"no {text!r} in {output!r}"
+                executor.spin_once(timeout_sec=0.02)
+                ready, _, _ = select.select([terminal], [], [], 0.05)
+                if ready:
+                    output += os.read(terminal, 4096)
+
+        try:
+            read_until(b"keys:")
+            os.write(terminal, b"p")
+            read_until(b"sent pause")
+            os.write(terminal, b"a")
+            read_until(b"press a again")
+            os.write(terminal, b"x")
+            read_until(b"not aborted")
+            os.write(terminal, b"aa")
+            read_until(b"sent abort")
+            os.write(terminal, b"q")
+            _, status = os.waitpid(process_id, 0)
+            spin_until(executor, lambda: len(received) >= 2, 10, "the commands")
+        finally:
+            os.close(terminal)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    assert [message.command for message in received] == [OperatorCommand.PAUSE,
+                                                          OperatorCommand.ABORT]
