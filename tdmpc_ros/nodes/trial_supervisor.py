@@ -80,6 +80,10 @@ class SupervisorParams:
             raise ValueError(f"trials must be >= 1, got {self.trials}")
         if not 0 <= self.max_steps <= spec.episode_length:
             raise ValueError(f"max_steps must be in [0, {spec.episode_length}]")
+        if self.backend == "real" and self.task == "push":
+            raise ValueError("task push on the real arm: its reward needs the cube's position, "
+                             "and the real backend has no perception of it (reach and lift "
+                             "are judged from proprioception)")
         if self.max_frame_age_s < 0 or self.step_timeout_s <= 0:
             raise ValueError(f"max_frame_age_s ({self.max_frame_age_s}) must be >= 0 and "
                              f"step_timeout_s ({self.step_timeout_s}) > 0")

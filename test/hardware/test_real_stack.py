@@ -125,3 +125,15 @@ def test_a_camera_that_stops_ends_the_trial_as_stale_input(tmp_path, ros_env):
     result = json.loads((run_dir / "summary.json").read_text())["results"][0]
     assert result["reason"] == EpisodeEvent.REASON_STALE_INPUT, result
     assert "no new frame" in result["detail"] and result["steps"] < 25, result
+
+
+def test_push_on_the_real_arm_is_refused_at_start(tmp_path, ros_env):
+    """Push's reward needs the cube's position, which the real arm does not see: the run stops
+    at once with the reason, instead of crashing at the first step."""
+    import subprocess
+
+    arguments = parse_arguments(["backend:=real", "task:=push", f"run_dir:={tmp_path}"])
+    command = node_command("trial_supervisor", arguments)
+    result = subprocess.run(command, env=ros_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "push on the real arm" in result.stderr + result.stdout
