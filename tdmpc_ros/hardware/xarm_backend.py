@@ -126,7 +126,8 @@ class XArmConfig:
     collision_sensitivity: int = 3
     """Controller collision detection, 1 (least sensitive) to 5; 0 (off) is refused."""
     home_speed_mm_s: float = 100.0
-    """TCP speed of the position-mode move to the home pose at a reset (mm/s)."""
+    """TCP speed of the position-mode move to the home pose at a reset (mm/s); never above
+    ``max_speed_mm_s``."""
     home_timeout_s: float = 20.0
     """Longest wait for the home move (s)."""
     home_tolerance_mm: float = 5.0
@@ -376,7 +377,8 @@ class XArmBackend:
         self.recover(mode=0)
         goal = self._clip(home)
         self._command_gripper(gripper_command, force=True)
-        code = arm.set_position(*goal.tolist(), *config.tool_rpy_rad, speed=config.home_speed_mm_s,
+        speed = min(config.home_speed_mm_s, config.max_speed_mm_s)  # the limit holds here too
+        code = arm.set_position(*goal.tolist(), *config.tool_rpy_rad, speed=speed,
                                 is_radian=True, wait=True, timeout=config.home_timeout_s)
         if code != 0:
             self._raise_if_error()

@@ -146,6 +146,22 @@ def test_xarm_moves_to_target_with_bounded_servo_steps(standin) -> None:
         backend.close()
 
 
+def test_xarm_reset_keeps_to_the_speed_limit(standin) -> None:
+    """The move home (position mode) is no faster than max_speed_mm_s either."""
+    backend = backend_on(standin, max_speed_mm_s=50.0, home_speed_mm_s=200.0)
+    try:
+        backend.reset(SPEC.home_position, 1.0)
+        away = np.asarray(SPEC.home_position) + [0.05, 0.0, 0.0]
+        for _ in range(20):  # 50 mm/s x 0.08 s: 4 mm a step, 50 mm in 13 steps
+            backend.move_to(away, 1.0)
+        assert np.linalg.norm(backend.ee_position() - away) < 0.003
+        started = time.monotonic()
+        backend.reset(SPEC.home_position, 1.0)
+        assert time.monotonic() - started >= 0.05 / 50.0 * 1000 * 0.9  # 1 s at 50 mm/s
+    finally:
+        backend.close()
+
+
 def test_xarm_clips_targets_to_the_task_and_configured_boxes(standin) -> None:
     backend = backend_on(standin, workspace_high_m=(0.65, 0.35, 0.25), max_speed_mm_s=1000.0,
                          max_servo_step_mm=10.0)
