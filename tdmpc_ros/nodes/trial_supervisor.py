@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ class Trial:
     success: bool = False
     weights_version: int = -1
     last_step_time: float = 0.0
+    uncertainty: list[float] = field(default_factory=list)  # Q-ensemble std, executed action
 
 
 class TrialSupervisor(Node):
@@ -118,6 +119,7 @@ class TrialSupervisor(Node):
         subscribe(self, "robot/state", self.on_message)
         subscribe(self, "world/state", self.on_message)
         subscribe(self, "robot/action", self.on_action)
+        subscribe(self, "planner/plan", self.on_plan)
         self.recorded: set[tuple[str, int]] = set()
         subscribe(self, "replay/transitions",
                   lambda message: self.recorded.add((message.episode_id, message.step)))
@@ -230,6 +232,13 @@ class TrialSupervisor(Node):
             self.trial.weights_version = max(self.trial.weights_version,
                                              int(command.weights_version))
 
+    def on_plan(self, plan: Any) -> None:
+        """The model's uncertainty about each action it chose: the Q-ensemble's std at the
+        first step of the plan (what FOWM's penalty keeps low, and finetuning should lower)."""
+        trial = self.trial
+        if trial is not None and plan.episode_id == trial.episode_id and len(plan.q_std):
+            trial.uncertainty.append(float(plan.q_std[0]))
+
     def on_message(self, message: Any) -> None:
         observation = self.assembler.add(message)
         trial = self.trial
@@ -300,7 +309,9 @@ class TrialSupervisor(Node):
         self.results.append({"trial": trial.number, "episode_id": trial.episode_id,
                              "success": trial.success, "return": round(trial.episode_return, 4),
                              "steps": trial.steps, "weights_version": trial.weights_version,
-                             "seconds": round(seconds, 2), "reason": reason, "detail": detail})
+                             "seconds": round(seconds, 2), "reason": reason, "detail": detail,
+                             "q_std": round(sum(trial.uncertainty) / len(trial.uncertainty), 5)
+                             if trial.uncertainty else None})
         successes = sum(result["success"] for result in self.results)
         print(f"trial {trial.number:>3}/{self.params.trials} | success {int(trial.success)} | "
               f"return {trial.episode_return:6.2f} | steps {trial.steps:>2} | weights "
@@ -380,7 +391,8 @@ def _rate(results: list[dict[str, Any]]) -> float:
 
 
 def plot_trials(results: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Success by trial (with a running mean) and the weights version each trial used."""
+    """Success by trial (with a running mean), the model's uncertainty about the actions it took
+    (mean Q-ensemble std), and the weights version each trial used."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,16 +401,25 @@ def plot_trials(results: list[dict[str, Any]], path: Path, title: str) -> None:
     trials = [result["trial"] for result in results]
     success = [float(result["success"]) for result in results]
     running = [sum(success[: index + 1]) / (index + 1) for index in range(len(success))]
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    figure, (top, middle, bottom) = plt.subplots(3, 1, figsize=(7, 6.5), sharex=True,
+                                                 gridspec_kw={"height_ratios": [2, 1.2, 1]})
     top.bar(trials, success, color="#9ecae1", label="trial success")
     top.plot(trials, running, color="#08519c", marker="o", label="success rate so far")
-    top.set_ylim(0, 1.05)
+    top.set_ylim(0, 1.35)  # room above the bars for the legend
+    top.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     top.set_ylabel("success")
-    top.legend(loc="lower right", framealpha=0.9)
+    top.legend(loc="upper left", ncol=2, framealpha=0.9)
     top.set_title(f"Online finetuning: {title}")
+    uncertain = [(result["trial"], result["q_std"]) for result in results
+                 if result.get("q_std") is not None]
+    if uncertain:
+        middle.plot(*zip(*uncertain, strict=True), color="#d95f0e", marker=".")
+    middle.set_ylabel("Q-ensemble std\n(actions taken)")
     bottom.step(trials, [result["weights_version"] for result in results], where="mid")
     bottom.set_ylabel("weights version")
     bottom.set_xlabel("trial")
+    bottom.xaxis.get_major_locator().set_params(integer=True)
+    bottom.yaxis.get_major_locator().set_params(integer=True)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
