@@ -247,7 +247,12 @@ class TrialSupervisor(Node):
         robot = observation.robot
         trial.last_step_time = time.monotonic()
         if robot.state == RobotState.STATE_STOPPED:
-            self.end_trial(EpisodeEvent.REASON_SAFETY_STOP, "the robot was stopped")
+            self.end_trial(EpisodeEvent.REASON_SAFETY_STOP, "the robot was stopped (the robot "
+                           "driver's diagnostics say why)")
+            return
+        if robot.state == RobotState.STATE_ERROR:
+            self.end_trial(EpisodeEvent.REASON_ERROR, f"the controller reported error "
+                           f"C{robot.error_code} (the robot driver's diagnostics say more)")
             return
         if robot.step == 0 or robot.step <= trial.steps:
             return

@@ -137,3 +137,32 @@ def test_push_on_the_real_arm_is_refused_at_start(tmp_path, ros_env):
     result = subprocess.run(command, env=ros_env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "push on the real arm" in result.stderr + result.stdout
+
+
+def test_a_controller_error_ends_the_trial_at_once(tmp_path, ros_env):
+    """A collision (C31) on the controller mid-trial: the arm stays stopped, and the trial ends
+    at once as an error naming the code, not after the stale-step timeout."""
+    host, commands, standin = _real_stack(tmp_path, 253, video_seconds=90.0)
+    commands["trial_supervisor"] += ("-p", "max_steps:=25")
+    run_dir = tmp_path / "run"
+    with peer_process(standin, dict(os.environ), tmp_path / "standin.log"), \
+            NodeGroup(commands, ros_env, tmp_path) as group, \
+            ros_node("real_stack_test", ros_env) as (node, executor):
+        states: list[RobotState] = []
+        topic = graph.topic("robot/state")
+        node.create_subscription(topic.message_class(), "robot/state", states.append,
+                                 topic.profile())
+        operator = node.create_publisher(OperatorCommand, "trial/operator",
+                                         graph.topic("trial/operator").profile())
+        spin_until(executor, lambda: any(s.step >= 2 for s in states), 240, "step 2")
+        operator.publish(OperatorCommand(command=OperatorCommand.PAUSE))  # the trial waits
+        control(host, {"op": "inject", "code": 31})
+        operator.publish(OperatorCommand(command=OperatorCommand.RESUME))
+        started = time.monotonic()
+        spin_until(executor, lambda: group.processes["trial_supervisor"].poll() is not None,
+                   60, "the trial to end")
+        assert time.monotonic() - started < 15, "ended by the error, not by a timeout"
+        assert control(host, {"op": "status"})["error"] == 31  # nobody cleared it
+    result = json.loads((run_dir / "summary.json").read_text())["results"][0]
+    assert result["reason"] == EpisodeEvent.REASON_ERROR, result
+    assert "C31" in result["detail"] and result["steps"] < 25, result
