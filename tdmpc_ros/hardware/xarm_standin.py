@@ -35,7 +35,8 @@ Side channel for tests: JSON lines on ``--control-port`` (default 30100) of the 
 one request per line, one reply per line. ``{"op": "status"}``, ``{"op": "servo_log"}``,
 ``{"op": "clear_log"}``, ``{"op": "inject", "code": 31}`` (a controller error, as a collision
 would raise), ``{"op": "inject", "code": 2, "latched": true}`` (an error clean_error cannot clear,
-as an emergency stop button still pressed), ``{"op": "release"}`` (the button let go).
+as an emergency stop button still pressed), ``{"op": "release"}`` (the button let go),
+``{"op": "clear"}`` (a person clears the error on the arm, as UFactory Studio does).
 """
 
 from __future__ import annotations
@@ -315,6 +316,11 @@ class Controller:
             with self.lock:
                 self.latched = False
             return {"ok": True}
+        if op == "clear":  # a person clears the error on the arm (UFactory Studio)
+            with self.lock:
+                if not self.latched:
+                    self.error = 0
+            return {"ok": not self.latched}
         return {"error": f"unknown op {op!r}"}
 
 

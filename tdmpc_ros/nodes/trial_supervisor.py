@@ -253,6 +253,12 @@ class TrialSupervisor(Node):
         if robot.state == RobotState.STATE_ERROR:
             self.end_trial(EpisodeEvent.REASON_ERROR, f"the controller reported error "
                            f"C{robot.error_code} (the robot driver's diagnostics say more)")
+            # A person must look at the arm: no next trial (whose reset would refuse) until
+            # they have cleared the error and resumed.
+            if self.finishing_since is None:
+                self.paused = True
+                print(f"paused: the controller reported error C{robot.error_code}; check the "
+                      "arm, clear the error, then resume from the operator console", flush=True)
             return
         if robot.step == 0 or robot.step <= trial.steps:
             return

@@ -139,30 +139,40 @@ def test_push_on_the_real_arm_is_refused_at_start(tmp_path, ros_env):
     assert "push on the real arm" in result.stderr + result.stdout
 
 
-def test_a_controller_error_ends_the_trial_at_once(tmp_path, ros_env):
-    """A collision (C31) on the controller mid-trial: the arm stays stopped, and the trial ends
-    at once as an error naming the code, not after the stale-step timeout."""
+def test_a_controller_error_ends_the_trial_and_holds_the_next_until_resumed(tmp_path, ros_env):
+    """A collision (C31) on the controller mid-trial: the arm stays stopped, the trial ends at
+    once as an error naming the code (not after the stale-step timeout), and the next trial
+    waits until a person has cleared the error and resumed."""
     host, commands, standin = _real_stack(tmp_path, 253, video_seconds=90.0)
-    commands["trial_supervisor"] += ("-p", "max_steps:=25")
+    commands["trial_supervisor"] += ("-p", "max_steps:=25", "-p", "trials:=2")
     run_dir = tmp_path / "run"
     with peer_process(standin, dict(os.environ), tmp_path / "standin.log"), \
             NodeGroup(commands, ros_env, tmp_path) as group, \
             ros_node("real_stack_test", ros_env) as (node, executor):
         states: list[RobotState] = []
-        topic = graph.topic("robot/state")
-        node.create_subscription(topic.message_class(), "robot/state", states.append,
-                                 topic.profile())
+        events: list[EpisodeEvent] = []
+        for name, sink in (("robot/state", states), ("trial/events", events)):
+            topic = graph.topic(name)
+            node.create_subscription(topic.message_class(), name, sink.append, topic.profile())
         operator = node.create_publisher(OperatorCommand, "trial/operator",
                                          graph.topic("trial/operator").profile())
         spin_until(executor, lambda: any(s.step >= 2 for s in states), 240, "step 2")
-        operator.publish(OperatorCommand(command=OperatorCommand.PAUSE))  # the trial waits
-        control(host, {"op": "inject", "code": 31})
-        operator.publish(OperatorCommand(command=OperatorCommand.RESUME))
+        control(host, {"op": "inject", "code": 31})  # 23 steps (1.8 s) of the trial left
         started = time.monotonic()
-        spin_until(executor, lambda: group.processes["trial_supervisor"].poll() is not None,
-                   60, "the trial to end")
+        spin_until(executor, lambda: any(e.event == EpisodeEvent.END for e in events), 30,
+                   "the end of trial 1")
         assert time.monotonic() - started < 15, "ended by the error, not by a timeout"
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        assert not any(e.event == EpisodeEvent.START and e.trial == 2 for e in events), \
+            "the next trial started with the error standing"
         assert control(host, {"op": "status"})["error"] == 31  # nobody cleared it
-    result = json.loads((run_dir / "summary.json").read_text())["results"][0]
-    assert result["reason"] == EpisodeEvent.REASON_ERROR, result
-    assert "C31" in result["detail"] and result["steps"] < 25, result
+        assert control(host, {"op": "clear"})["ok"]
+        operator.publish(OperatorCommand(command=OperatorCommand.RESUME))
+        spin_until(executor, lambda: group.processes["trial_supervisor"].poll() is not None,
+                   120, "trial 2 to run to its end")
+    results = json.loads((run_dir / "summary.json").read_text())["results"]
+    assert results[0]["reason"] == EpisodeEvent.REASON_ERROR, results[0]
+    assert "C31" in results[0]["detail"] and results[0]["steps"] < 25, results[0]
+    assert results[1]["reason"] == EpisodeEvent.REASON_TIME_LIMIT and results[1]["steps"] == 25
