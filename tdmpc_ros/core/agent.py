@@ -28,7 +28,6 @@ from tdmpc_ros.core.episodes import Episode
 from tdmpc_ros.core.learner import Learner
 from tdmpc_ros.core.planner import Planner, PlanSummary
 from tdmpc_ros.core.replay import Replay
-from tdmpc_ros.core.toy import as_observation_dict
 from tdmpc_ros.core.world_model import ModelSpec, WorldModel
 
 
@@ -141,8 +140,12 @@ def to_env_action(action: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
 
 
 def observation_dict(observation: Any) -> dict[str, np.ndarray]:
-    """The project's observation dict; flattened Box observations become ``state``."""
-    out = as_observation_dict(observation)
+    """The project's observation dict: dict observations pass through, a Box observation
+    becomes a flat float32 ``state``."""
+    if isinstance(observation, dict):
+        out = {key: np.asarray(value) for key, value in observation.items()}
+    else:
+        out = {"state": np.asarray(observation, np.float32)}
     if "state" in out and out["state"].ndim != 1:
         out["state"] = out["state"].reshape(-1).astype(np.float32)
     return out

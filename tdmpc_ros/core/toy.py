@@ -116,40 +116,13 @@ def expert_action(state: np.ndarray, max_action: float = 1.0, damping: float = 0
     return np.clip(wanted, -max_action, max_action).astype(np.float32)
 
 
-def as_observation_dict(observation) -> dict[str, np.ndarray]:
-    """Box observations become ``{"state": ...}``; dict observations pass through."""
-    if isinstance(observation, dict):
-        return {key: np.asarray(value) for key, value in observation.items()}
-    return {"state": np.asarray(observation, np.float32)}
-
-
 def collect_episode(env: gym.Env, policy: Callable[[dict[str, np.ndarray]], np.ndarray],
                     episode_id: str, seed: int | None = None, task: str = "point_mass",
                     source: str = "scripted") -> Episode:
     """Run one episode of ``policy`` (observation dict -> action) in ``env``."""
-    observation, _ = env.reset(seed=seed)
-    observation = as_observation_dict(observation)
-    observations = {key: [value] for key, value in observation.items()}
-    actions, rewards, successes = [], [], []
-    terminated = truncated = False
-    while not (terminated or truncated):
-        action = np.clip(np.asarray(policy(observation), np.float32), -1.0, 1.0)
-        observation, reward, terminated, truncated, info = env.step(action)
-        observation = as_observation_dict(observation)
-        for key, value in observation.items():
-            observations[key].append(value)
-        actions.append(action)
-        rewards.append(reward)
-        successes.append(bool(info.get("success", False)))
-    steps = len(actions)
-    end = np.zeros(steps, bool)
-    end[-1] = True
-    return Episode(
-        observations={key: np.stack(values) for key, values in observations.items()},
-        actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
-        terminated=end & bool(terminated), truncated=end & (not terminated),
-        success=np.asarray(successes), episode_id=episode_id, task=task, source=source,
-    )
+    from tdmpc_ros.core.agent import run_episode  # the agent's own loop; it imports torch
+
+    return run_episode(env, policy, episode_id, seed=seed, task=task, source=source)
 
 
 def noisy_expert_dataset(num_episodes: int, noise: float, seed: int = 0,
