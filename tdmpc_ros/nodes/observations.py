@@ -56,10 +56,9 @@ class Observation:
         """
         positions = self.positions()
         inputs = {"proprio": proprio_vector(positions["ee_pos"], positions["gripper"])}
-        try:
+        if not ((spec.uses_object and positions["object_pos"] is None)
+                or (spec.uses_target and positions["target_pos"] is None)):
             inputs["state"] = state_vector(spec, **positions)
-        except ValueError:
-            pass
         if self.image is not None:
             inputs["pixels"] = msg_to_image(self.image)
         return inputs

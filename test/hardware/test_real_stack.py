@@ -19,7 +19,15 @@ from tdmpc_ros.hardware.xarm_standin import control
 from tdmpc_ros.launcher import parse_arguments
 from tdmpc_ros.msg import EpisodeEvent, ModelWeights, OperatorCommand, RobotState
 
-from rostest import NodeGroup, node_command, peer_process, ros_node, spin_until
+from rostest import (
+    NodeGroup,
+    graph_publisher,
+    listen,
+    node_command,
+    peer_process,
+    ros_node,
+    spin_until,
+)
 
 pytestmark = pytest.mark.ros
 
@@ -67,9 +75,8 @@ def test_one_trial_on_the_real_backend_against_the_controller_stand_in(tmp_path,
             ros_node("real_stack_test", ros_env) as (node, executor):
         states: list[RobotState] = []
         weights: list[ModelWeights] = []
-        for name, sink in (("robot/state", states), ("learner/weights", weights)):
-            topic = graph.topic(name)
-            node.create_subscription(topic.message_class(), name, sink.append, topic.profile())
+        listen(node, "robot/state", states)
+        listen(node, "learner/weights", weights)
         spin_until(executor, lambda: group.processes["trial_supervisor"].poll() is not None,
                    240, "the trial to end")
         servo_targets = control(host, {"op": "servo_log"})
@@ -107,11 +114,8 @@ def test_a_camera_that_stops_ends_the_trial_as_stale_input(tmp_path, ros_env):
             NodeGroup(commands, ros_env, tmp_path) as group, \
             ros_node("real_stack_test", ros_env) as (node, executor):
         states: list[RobotState] = []
-        topic = graph.topic("robot/state")
-        node.create_subscription(topic.message_class(), "robot/state", states.append,
-                                 topic.profile())
-        operator = node.create_publisher(OperatorCommand, "trial/operator",
-                                         graph.topic("trial/operator").profile())
+        listen(node, "robot/state", states)
+        operator = graph_publisher(node, "trial/operator")
         spin_until(executor, lambda: any(s.step >= 2 for s in states), 240, "step 2")
         operator.publish(OperatorCommand(command=OperatorCommand.PAUSE))
         group.kill("camera")
@@ -151,11 +155,9 @@ def test_a_controller_error_ends_the_trial_and_holds_the_next_until_resumed(tmp_
             ros_node("real_stack_test", ros_env) as (node, executor):
         states: list[RobotState] = []
         events: list[EpisodeEvent] = []
-        for name, sink in (("robot/state", states), ("trial/events", events)):
-            topic = graph.topic(name)
-            node.create_subscription(topic.message_class(), name, sink.append, topic.profile())
-        operator = node.create_publisher(OperatorCommand, "trial/operator",
-                                         graph.topic("trial/operator").profile())
+        listen(node, "robot/state", states)
+        listen(node, "trial/events", events)
+        operator = graph_publisher(node, "trial/operator")
         spin_until(executor, lambda: any(s.step >= 2 for s in states), 240, "step 2")
         control(host, {"op": "inject", "code": 31})  # 23 steps (1.8 s) of the trial left
         started = time.monotonic()

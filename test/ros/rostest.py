@@ -34,6 +34,22 @@ def ros_node(name: str,
         rclpy.try_shutdown(context=context)
 
 
+def listen(node: Node, name: str, sink: list) -> None:
+    """Append every message of graph topic ``name`` to ``sink`` (the graph's own QoS)."""
+    from tdmpc_ros import graph
+
+    topic = graph.topic(name)
+    node.create_subscription(topic.message_class(), name, sink.append, topic.profile())
+
+
+def graph_publisher(node: Node, name: str):
+    """A publisher on graph topic ``name`` with the graph's own QoS."""
+    from tdmpc_ros import graph
+
+    topic = graph.topic(name)
+    return node.create_publisher(topic.message_class(), name, topic.profile())
+
+
 def spin_until(executor: SingleThreadedExecutor, done: Callable[[], bool], timeout: float,
                what: str) -> None:
     """Spin until ``done()``; fail the test with ``what`` if it takes longer than ``timeout``."""

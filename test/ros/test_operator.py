@@ -17,7 +17,7 @@ from tdmpc_ros.launcher import parse_arguments
 from tdmpc_ros.msg import EpisodeEvent, OperatorCommand, RobotState
 from tdmpc_ros.nodes.operator_console import parse_command
 
-from rostest import NodeGroup, node_command, ros_node, spin_until
+from rostest import NodeGroup, graph_publisher, listen, node_command, ros_node, spin_until
 
 
 def test_command_words_and_keys() -> None:
@@ -63,11 +63,9 @@ def test_operator_marks_pauses_and_aborts_the_trials(tmp_path, ros_env) -> None:
     with group, ros_node("operator_test", ros_env) as (node, executor):
         events: list[EpisodeEvent] = []
         states: list[RobotState] = []
-        for name, sink in (("trial/events", events), ("robot/state", states)):
-            topic = graph.topic(name)
-            node.create_subscription(topic.message_class(), name, sink.append, topic.profile())
-        operator = node.create_publisher(OperatorCommand, "trial/operator",
-                                         graph.topic("trial/operator").profile())
+        listen(node, "trial/events", events)
+        listen(node, "robot/state", states)
+        operator = graph_publisher(node, "trial/operator")
 
         def at(trial: int, step: int) -> bool:
             return any(s.episode_id.endswith(f"trial{trial:03d}") and s.step >= step
@@ -134,9 +132,7 @@ def test_the_console_takes_single_keys_on_a_terminal(ros_env) -> None:
 
     with ros_node("fake_supervisor", ros_env) as (node, executor):
         received: list[OperatorCommand] = []
-        topic = graph.topic("trial/operator")
-        node.create_subscription(OperatorCommand, "trial/operator", received.append,
-                                 topic.profile())
+        listen(node, "trial/operator", received)
         process_id, terminal = pty.fork()
         if process_id == 0:  # the child: the console on the pseudo-terminal
             os.execve(sys.executable, [sys.executable, "-m", "tdmpc_ros.nodes.operator_console"],

@@ -22,7 +22,7 @@ from tdmpc_ros.launcher import parse_arguments
 from tdmpc_ros.msg import ActionCommand, EpisodeEvent, ModelWeights, RobotState, WorldState
 from tdmpc_ros.tasks import get_task
 
-from rostest import NodeGroup, node_command, ros_node, spin_until
+from rostest import NodeGroup, listen, node_command, ros_node, spin_until
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "reach-state.safetensors"
@@ -32,11 +32,6 @@ def _endpoints(node, names: list[str]) -> dict:
     """Publishers for the graph topics ``names``, on the graph's own QoS."""
     return {name: node.create_publisher(graph.topic(name).message_class(), name,
                                         graph.topic(name).profile()) for name in names}
-
-
-def _listen(node, name: str, sink: list) -> None:
-    topic = graph.topic(name)
-    node.create_subscription(topic.message_class(), name, sink.append, topic.profile())
 
 
 def _diagnostics(node, of: str) -> dict[str, str]:
@@ -71,7 +66,7 @@ def test_driver_refuses_bad_actions_keeps_to_the_workspace_and_stops(ros_env, tm
                       tmp_path)
     with group, ros_node("driver_faults", ros_env) as (node, executor):
         states: list[RobotState] = []
-        _listen(node, "robot/state", states)
+        listen(node, "robot/state", states)
         diagnostics = _diagnostics(node, "robot_driver")
         out = _endpoints(node, ["trial/events", "robot/action", "robot/emergency_stop"])
         spin_until(executor, lambda: all(p.get_subscription_count() for p in out.values()), 60,
@@ -154,7 +149,7 @@ def test_planner_refuses_bad_weights_keeps_planning_and_takes_good_ones(ros_env,
     group = NodeGroup({"planner": node_command("planner", arguments)}, ros_env, tmp_path)
     with group, ros_node("planner_faults", ros_env) as (node, executor):
         actions: list[ActionCommand] = []
-        _listen(node, "robot/action", actions)
+        listen(node, "robot/action", actions)
         diagnostics = _diagnostics(node, "planner")
         out = _endpoints(node, ["robot/state", "world/state", "learner/weights"])
         spin_until(executor, lambda: all(p.get_subscription_count() for p in out.values()), 90,
@@ -212,9 +207,9 @@ def test_killed_recorder_and_learner_come_back_and_lose_nothing_recorded(ros_env
         states: list[RobotState] = []
         transitions: list = []
         weights: list[ModelWeights] = []
-        _listen(node, "robot/state", states)
-        _listen(node, "replay/transitions", transitions)
-        _listen(node, "learner/weights", weights)
+        listen(node, "robot/state", states)
+        listen(node, "replay/transitions", transitions)
+        listen(node, "learner/weights", weights)
 
         def trial_step(trial: int, step: int) -> bool:
             return any(s.episode_id.endswith(f"trial{trial:03d}") and s.step >= step
