@@ -132,7 +132,7 @@ class Camera(Node):
         elif self.params.source in ("realsense", "opencv"):
             self.source = make_source(self.params, self.warn)
             if self.params.enable_depth:
-                self.depth_publisher = depth_publisher(self)
+                self.depth_publisher = publisher(self, "camera/depth/image_raw")
         Diagnostics(self, self.diagnostics)
         self.get_logger().info(f"source {self.params.source}, {self.params.width} x "
                                f"{self.params.height}")
@@ -286,14 +286,6 @@ def make_source(params: CameraParams, warn: Any) -> Any:
         capture_width=params.capture_width, capture_height=params.capture_height,
         fps=params.fps, frame_timeout_s=params.frame_timeout_s,
         max_reopens=params.max_restarts), warn)
-
-
-DEPTH_TOPIC = "camera/depth/image_raw"
-
-
-def depth_publisher(node: Node) -> Any:
-    """Depth aligned to colour."""
-    return publisher(node, DEPTH_TOPIC)
 
 
 def main() -> None:

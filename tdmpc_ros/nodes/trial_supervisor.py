@@ -161,17 +161,15 @@ class TrialSupervisor(Node):
     def on_diagnostics(self, array: Any) -> None:
         now = time.monotonic()
         for status in array.status:
-            for item in status.values:
-                readers = _number(item.value)
-                if item.key.startswith("readers ") and readers is not None:
-                    self.readers[item.key.removeprefix("readers ")] = (int(readers), now)
-            if status.name.endswith("/camera"):
-                for item in status.values:
-                    silent = _number(item.value)
-                    if item.key == "seconds since last frame" and silent is not None:
-                        self.camera_frame_at = now - silent  # real cameras only
+            values = {item.key: item.value for item in status.values}
+            for key, value in values.items():
+                readers = _number(value) if key.startswith("readers ") else None
+                if readers is not None:
+                    self.readers[key.removeprefix("readers ")] = (int(readers), now)
+            silent = _number(values.get("seconds since last frame", ""))  # real cameras only
+            if status.name.endswith("/camera") and silent is not None:
+                self.camera_frame_at = now - silent
             if status.name.endswith("/replay_recorder"):
-                values = {item.key: item.value for item in status.values}
                 if (values.get("inputs_matched") == "True"
                         and values.get("last_event", "") == self.last_event
                         and (_number(values.get("up_s", "")) or 0.0) >= RECORDER_SETTLE_S):
