@@ -32,6 +32,8 @@ from tdmpc_ros.core import checkpoint, toy
 from tdmpc_ros.core.agent import Agent, evaluate, run_episode, spec_from_env
 from tdmpc_ros.core.config import Config, set_dotted
 from tdmpc_ros.core.episodes import Episode, load_episodes, save_episode
+from tdmpc_ros.core.pretraining import plot_pretraining
+from tdmpc_ros.core.pretraining import pretrain as pretrain_until_converged
 from tdmpc_ros.core.world_model import ModelSpec
 
 _ = toy  # registers tdmpc_ros/PointMass-v0
@@ -57,7 +59,7 @@ def pretrain(args: argparse.Namespace) -> int:
     """Offline updates on episode datasets (or random episodes of --env), then a checkpoint."""
     config = _config(args)
     out = _out_dir(args, "pretrain")
-    env = _make_env(args.env, args.env_kwargs) if args.env else None
+    env = _make_env(args.env, args.env_kwargs, args.variant) if args.env else None
     episodes = _datasets(args.dataset)
     if not episodes:
         if env is None or args.random_episodes <= 0:
@@ -71,14 +73,27 @@ def pretrain(args: argparse.Namespace) -> int:
     _save_config(out, config, spec)
     print(f"[pretrain] {len(episodes)} episodes, {len(agent.replay.offline)} transitions, "
           f"obs {spec.obs_shapes}, action {spec.action_dim}, device {agent.device}", flush=True)
-    updates = args.updates if args.updates is not None else config.run.offline_updates
-    log = _Log(out / "metrics.jsonl", "pretrain", updates, config.run.log_every)
-    for step in range(1, updates + 1):
-        log.update(step, agent.update())
-        if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
+    if args.updates is not None:
+        config.run.offline_updates = args.updates
+    log = _Log(out / "metrics.jsonl", "pretrain", config.run.offline_updates, 1)
+    every = config.run.checkpoint_every
+
+    def on_check(record: dict[str, float]) -> None:
+        log.write({"phase": "pretrain", **record})
+        step = int(record["step"])
+        if every and step % every < config.run.convergence_check_every:
             agent.save(out / "checkpoints" / f"step_{step:07d}.safetensors")
-    final = agent.save(out / "latest.safetensors")
-    print(f"[pretrain] wrote {final}", flush=True)
+
+    result = pretrain_until_converged(agent, episodes, progress=print, on_check=on_check)
+    updates = result.updates
+    final = agent.save(out / "latest.safetensors", pretrain_updates=updates,
+                       value_converged=result.converged)
+    plot = plot_pretraining(result.history, out / "pretraining.png")
+    verdict = ("values converged" if result.converged else
+               "values NOT converged at the cap: raise run.offline_updates")
+    print(f"[pretrain] {updates} updates, {verdict} (Q/return on experts "
+          f"{result.final.get('value_ratio', float('nan')):.2f}); wrote {final} and {plot}",
+          flush=True)
     if env is not None and args.eval_episodes:
         result = evaluate(env, agent, args.eval_episodes, action_repeat=config.run.action_repeat,
                           max_steps=config.run.max_episode_steps)
@@ -93,7 +108,7 @@ def finetune(args: argparse.Namespace) -> int:
     agent = Agent.from_checkpoint(args.checkpoint, overrides=overrides)
     config = agent.config
     out = _out_dir(args, "finetune")
-    env = _make_env(args.env, args.env_kwargs)
+    env = _make_env(args.env, args.env_kwargs, args.variant)
     _check_compatible(spec_from_env(env), agent.model.spec)
     offline = _datasets(args.dataset)
     if offline:
@@ -148,7 +163,7 @@ def finetune(args: argparse.Namespace) -> int:
 def evaluate_command(args: argparse.Namespace) -> int:
     """Episodes without exploration; prints one JSON object with the results."""
     agent = Agent.from_checkpoint(args.checkpoint, acting_only=True, overrides=_overrides(args))
-    env = _make_env(args.env, args.env_kwargs)
+    env = _make_env(args.env, args.env_kwargs, args.variant)
     _check_compatible(spec_from_env(env), agent.model.spec)
     config = agent.config
     episodes = args.episodes if args.episodes is not None else config.run.eval_episodes
@@ -175,6 +190,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=None, help="seed (config: seed)")
         sub.add_argument("--env-kwargs", type=json.loads, default={},
                          help="JSON keyword arguments for gymnasium.make")
+        sub.add_argument("--variant", default="",
+                         help="the project's sim tasks: place cube and target as this variant "
+                              "does (config/variants.yaml, or FILE.yaml:NAME); offline data "
+                              "stays what --dataset holds")
 
     sub = commands.add_parser("pretrain", help="offline pretraining on episode datasets")
     common(sub)
@@ -182,7 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--env", help="gymnasium id: checks the data fits it and evaluates on it")
     sub.add_argument("--random-episodes", type=int, default=0,
                      help="without --dataset: collect this many random episodes of --env")
-    sub.add_argument("--updates", type=int, help="gradient updates (config: run.offline_updates)")
+    sub.add_argument("--updates", type=int,
+                     help="most gradient updates (config: run.offline_updates); pretraining "
+                          "stops earlier once the value check passes (run.convergence_*)")
     sub.add_argument("--eval-episodes", type=int, default=0, help="evaluate on --env at the end")
     sub.add_argument("--out", type=Path, help="run directory (default runs/pretrain-<time>)")
     sub.set_defaults(handler=pretrain)
@@ -246,9 +267,13 @@ def _save_config(out: Path, config: Config, spec: ModelSpec) -> None:
     (out / "config.yaml").write_text(text)
 
 
-def _make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+def _make_env(env_id: str, kwargs: dict[str, Any], variant: str = "") -> gym.Env:
     if env_id.startswith("tdmpc_ros/") and env_id not in gym.registry:
         import tdmpc_ros.sim  # noqa: F401  registers the project's simulated tasks (MuJoCo)
+    if variant:
+        if not env_id.startswith("tdmpc_ros/XArm"):
+            raise ValueError(f"--variant applies to the project's xArm tasks, not {env_id!r}")
+        kwargs = {**kwargs, "variant": variant}
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as error:

@@ -164,6 +164,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("camera_serial", "", "backend:=real only: the RealSense camera's serial "
                    "number (empty: the only one connected)"),
     LaunchArgument("task", "reach", "the task to run trials of", ("reach", "push", "lift")),
+    LaunchArgument("variant", "", "backend:=sim only: a task variant of config/variants.yaml "
+                   "(or FILE.yaml:NAME) placing cube and target where the offline data never "
+                   "had them, to finetune on (empty: the training distribution)"),
     LaunchArgument("checkpoint", "", "the pretrained checkpoint to finetune (empty: the shipped "
                    "model for the task, models/<task>-state.safetensors)"),
     LaunchArgument("trials", "20", "how many trials (episodes) to run before stopping"),
@@ -215,7 +218,8 @@ IMAGE_SKEW_S = {"sim": "0.0", "gazebo": "0.05", "real": "0.05"}
 
 # Parameters that are text whatever they look like: a RealSense serial is all digits, a path may
 # be, and both launchers read a value as YAML, which would make it a number the node refuses.
-TEXT_PARAMETERS = frozenset({"serial", "robot_ip", "checkpoint", "dataset", "store", "run_dir"})
+TEXT_PARAMETERS = frozenset({"serial", "robot_ip", "checkpoint", "dataset", "store", "run_dir",
+                             "variant"})
 
 
 def parameter_yaml(name: str, value: str) -> str:
@@ -234,6 +238,7 @@ def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]
     parameters.update({
         "camera": {"source": CAMERA_SOURCE[backend], "serial": arguments["camera_serial"]},
         "robot_driver": {"backend": backend, "robot_ip": arguments["robot_ip"],
+                         "variant": arguments["variant"],
                          # a float's text: "50" would be read as an integer and refused
                          **({"xarm_max_speed_mm_s": str(float(arguments["max_speed_mm_s"]))}
                             if arguments["max_speed_mm_s"] else {})},
@@ -245,6 +250,6 @@ def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]
                     "dataset": arguments["dataset"] or f"data/{arguments['task']}",
                     "store": store, "run_dir": run_dir},
         "trial_supervisor": {"trials": arguments["trials"], "backend": backend,
-                             "run_dir": run_dir},
+                             "run_dir": run_dir, "variant": arguments["variant"]},
     }[node.name])
     return parameters

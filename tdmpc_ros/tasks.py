@@ -22,9 +22,12 @@ the vendor's 10 mm limit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,6 +117,9 @@ class TaskSpec:
     """lift: success once the cube is this far above its resting height (m)."""
     extras: dict[str, float] = field(default_factory=dict)
     """Free-form numbers for experiments; not used by the task logic."""
+    variant: str = ""
+    """Name of the variant whose placements these are (``with_variant``); "" for the training
+    distribution, where every offline dataset comes from."""
 
     @property
     def agent_period_s(self) -> float:
@@ -176,13 +182,88 @@ TASKS: dict[str, TaskSpec] = {
 """The task registry, by name."""
 
 
-def get_task(name: str) -> TaskSpec:
-    """The spec of task ``name``; ValueError naming the known tasks if there is none."""
+def get_task(name: str, variant: str | Mapping[str, Any] | None = None) -> TaskSpec:
+    """The spec of task ``name``, with ``variant``'s placements (``with_variant``) if given;
+    ValueError naming the known tasks if there is none."""
     try:
-        return TASKS[name]
+        spec = TASKS[name]
     except KeyError:
         known = ", ".join(sorted(TASKS))
         raise ValueError(f"unknown task {name!r}; known tasks: {known}") from None
+    return with_variant(spec, variant)
+
+
+VARIANT_FIELDS = ("object_region", "target_region", "min_object_target_distance_m",
+                  "max_object_target_distance_m")
+"""What a variant may change: where the cube and the target are placed at reset. Nothing else
+(action scale, workspace, reward) may differ, or the model's actions would mean other things."""
+
+
+def variants_file() -> Path:
+    """``config/variants.yaml`` of the installed package, or of the source tree."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("tdmpc_ros")) / "config" / "variants.yaml"
+        if installed.exists():
+            return installed
+    except (ImportError, LookupError, ValueError):
+        pass
+    return Path(__file__).resolve().parents[1] / "config" / "variants.yaml"
+
+
+def known_variants(task: str, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The variants of ``task`` in a variants file (default: ``variants_file()``), by name."""
+    import yaml
+
+    path = Path(path) if path is not None else variants_file()
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of task -> variant name -> fields")
+    entries = data.get(task) or {}
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path}: {task} must map variant names to their fields")
+    return entries
+
+
+def with_variant(spec: TaskSpec, variant: str | Mapping[str, Any] | None) -> TaskSpec:
+    """``spec`` with a variant's placements: where the cube and the target appear at reset.
+
+    ``variant`` is "" or None (the training distribution, unchanged), a name from
+    ``config/variants.yaml``, ``FILE.yaml:NAME`` for a lab's own file of the same layout, or a
+    mapping of fields (``VARIANT_FIELDS``; regions as ``{low: [x, y, z], high: [x, y, z]}``).
+    ValueError names an unknown variant or field, or a region the task does not have.
+    """
+    if variant is None or variant == "" or variant == "train":
+        return spec
+    name = "custom"
+    if isinstance(variant, str):
+        path, _, name = variant.rpartition(":") if ".yaml:" in variant else ("", "", variant)
+        entries = known_variants(spec.name, path or None)
+        if name not in entries:
+            where = path or "config/variants.yaml"
+            raise ValueError(f"task {spec.name!r} has no variant {name!r} in {where} "
+                             f"(known: {', '.join(sorted(entries)) or 'none'})")
+        fields = dict(entries[name])
+    else:
+        fields = dict(variant)
+    fields.pop("description", None)
+    unknown = sorted(set(fields) - set(VARIANT_FIELDS))
+    if unknown:
+        raise ValueError(f"variant {name!r}: unknown field {unknown[0]!r} "
+                         f"(a variant may set {', '.join(VARIANT_FIELDS)})")
+    changes: dict[str, Any] = {"variant": name}
+    for key, value in fields.items():
+        if key.endswith("_region"):
+            if getattr(spec, key) is None:
+                raise ValueError(f"variant {name!r}: task {spec.name!r} has no {key}")
+            if not isinstance(value, Mapping) or set(value) != {"low", "high"}:
+                raise ValueError(f"variant {name!r}: {key} needs low and high corners")
+            changes[key] = Region(tuple(map(float, value["low"])),
+                                  tuple(map(float, value["high"])))
+        else:
+            changes[key] = float(value)
+    return dataclasses.replace(spec, **changes)
 
 
 def action_to_target(

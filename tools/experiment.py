@@ -1,24 +1,32 @@
-"""The offline-to-online experiment of FOWM in simulation, by one command.
+"""FOWM's offline-to-online experiment in simulation, on task variants the offline data missed.
 
-    python tools/experiment.py --tasks reach push lift --seeds 0 1 2 \
-        --variants fowm lambda0 no_balance scratch --pixels-tasks reach --out runs/experiment
+    python tools/experiment.py --tasks reach push lift --seeds 0 1 2 3 4 --variant shifted \
+        --sweep-task lift --out runs/experiment
 
-Per (task, input, seed): pretrain once offline on the scripted dataset, evaluate, save the
-checkpoint; then finetune each variant from it for ``--trials`` online episodes (one update per
-environment step) and evaluate again. Variants:
+Offline data comes from each task's training distribution (``tdmpc_ros.sim.datasets``); online
+trials and every evaluation use ``--variant`` (``config/variants.yaml``), as the paper finetunes
+on scenes its data did not cover. Per (task, seed):
 
-- ``fowm``: the method, lambda 1 (uncertainty penalty in planning), balanced sampling (half of
-  every batch offline, half online).
-- ``lambda0``: the same with lambda 0.
-- ``no_balance``: lambda 1, online episodes added to the offline buffer (one buffer, sampled as
-  one; no balancing).
-- ``scratch``: plain TD-MPC (lambda 0) from a fresh model, no offline data, online only for
-  the same trials and updates per step.
+1. ``pretrain``: in-sample pretraining (FOWM) until the value check passes
+   (``tdmpc_ros.core.pretraining``), capped at ``--updates``; then ``pretrain_max_q``: standard
+   TD-MPC pretraining (max-Q targets, policy ascends Q), as many updates as the in-sample model.
+2. Evaluations of the pretrained models, and one finetuning run per method of ``--methods``:
 
-Each run writes ``<out>/<task>-<input>/seed<k>/<variant>.json`` and is skipped when that file
-exists, so an interrupted experiment continues where it stopped (the pretrained checkpoint and
-its ``pretrain.json`` are reused likewise). ``tools/report.py`` turns the results into
-``docs/results.md`` and plots. Work runs in ``--workers`` processes, one torch thread each.
+   - ``fowm``: lambda 1, balanced batches (half offline, half online);
+   - ``lambda0``: the same with lambda 0 (no uncertainty penalty when planning);
+   - ``one_buffer``: lambda 1, online episodes join the offline buffer, sampled as one;
+   - ``scratch``: TD-MPC (max-Q, lambda 0) from a fresh model, online data only;
+   - ``pretrained``: the in-sample model, lambda 1, no updates (the trials without learning);
+   - ``max_q``: the max-Q pretrained model, lambda 0, finetuned with balanced batches.
+3. On ``--sweep-task``: lambda in ``--sweep-lambdas`` and the online share of each batch in
+   ``--sweep-online-shares`` (the rest as ``fowm``).
+4. ``calibration``: does the Q ensemble's spread grow with the model's real one-step error
+   (reward and latent dynamics) on held-out state-actions, in and off the data's distribution?
+
+Every result is a JSON file under ``<out>/<task>-<input>/seed<k>/``, written atomically and
+skipped when present, so a stopped experiment resumes where it stopped; ``settings.json`` holds
+the settings and the command. ``tools/report.py`` writes ``docs/results.{json,md}`` and plots.
+Work runs in ``--workers`` processes, one torch thread each.
 """
 
 from __future__ import annotations
@@ -37,58 +45,71 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("fowm", "lambda0", "no_balance", "scratch")
-PRETRAINED_VARIANTS = ("fowm", "lambda0", "no_balance")
+METHODS = ("fowm", "lambda0", "one_buffer", "scratch", "pretrained", "max_q")
 EVAL_SEED = 10_000
 """Evaluation episode i uses env seed EVAL_SEED + i: the same set for every run."""
+HELD_OUT_SEED = 7
+"""Dataset seed of the held-out scripted episodes of the calibration check (training uses 0)."""
 
 
 # ---- settings -------------------------------------------------------------------------------
 
 
-def config_overrides(args: argparse.Namespace, pixels: bool, seed: int) -> dict[str, Any]:
-    """Dotted overrides of ``fast_config`` for one run (the model and planner sizes)."""
+def base_overrides(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Dotted overrides of ``fast_config`` shared by every run (model and planner sizes)."""
     return {
-        "model.obs_type": "pixels+proprio" if pixels else "state",
+        "model.obs_type": "state",
         "model.mlp_dim": args.mlp_dim,
-        "learner.batch_size": args.pixel_batch_size if pixels else args.batch_size,
+        "learner.batch_size": args.batch_size,
         "planner.num_samples": args.num_samples,
         "planner.iterations": args.iterations,
         "planner.num_elites": args.num_elites,
         "run.action_repeat": 1,  # the sim env's step is one agent step (25 per episode)
-        "run.offline_updates": args.pixel_updates if pixels else args.updates,
+        "run.offline_updates": args.updates,
+        "run.convergence_check_every": args.check_every,
+        "run.convergence_tolerance": args.tolerance,
+        "run.convergence_min_updates": args.min_updates,
         "run.online_episodes": args.trials,
-        "run.updates_per_step": updates_per_step(args, pixels),
-        "run.eval_episodes": eval_episodes(args, pixels),
+        "run.updates_per_step": args.updates_per_step,
+        "run.eval_episodes": args.eval_episodes,
         "seed": seed,
         "device": "cpu",
         "threads": 1,
     }
 
 
-def updates_per_step(args: argparse.Namespace, pixels: bool) -> float:
-    return args.pixel_updates_per_step if pixels else args.updates_per_step
+def method_settings(method: str) -> dict[str, Any]:
+    """What a method is: its pretraining, lambda, buffers and whether it learns online."""
+    return {
+        "fowm": {"pretraining": "in_sample", "lambda": 1.0, "buffers": "balanced"},
+        "lambda0": {"pretraining": "in_sample", "lambda": 0.0, "buffers": "balanced"},
+        "one_buffer": {"pretraining": "in_sample", "lambda": 1.0, "buffers": "one"},
+        "scratch": {"pretraining": "none", "lambda": 0.0, "buffers": "online"},
+        "pretrained": {"pretraining": "in_sample", "lambda": 1.0, "buffers": "no_updates"},
+        "max_q": {"pretraining": "max_q", "lambda": 0.0, "buffers": "balanced"},
+    }[method]
 
 
-def eval_episodes(args: argparse.Namespace, pixels: bool) -> int:
-    return args.pixel_eval_episodes if pixels else args.eval_episodes
-
-
-def variant_overrides(variant: str) -> dict[str, Any]:
-    lam = 0.0 if variant in ("lambda0", "scratch") else 1.0
-    return {"planner.uncertainty_coef": lam}
+def sweep_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Run name -> settings of the sweep (fowm with one setting changed)."""
+    runs: dict[str, dict[str, Any]] = {}
+    for lam in args.sweep_lambdas:
+        runs[f"sweep_lambda{lam:g}"] = {**method_settings("fowm"), "lambda": float(lam)}
+    for share in args.sweep_online_shares:
+        runs[f"sweep_online{share:g}"] = {**method_settings("fowm"),
+                                          "offline_fraction": round(1.0 - share, 6)}
+    return runs
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("tasks", "pixels_tasks", "seeds", "pixel_seeds", "variants", "updates",
-            "pixel_updates", "trials", "updates_per_step", "eval_episodes", "pixel_variants",
-            "pixel_updates_per_step", "pixel_eval_episodes", "mlp_dim",
-            "batch_size", "pixel_batch_size", "num_samples", "iterations", "num_elites",
-            "workers")
+    keys = ("tasks", "seeds", "variant", "methods", "updates", "check_every", "tolerance",
+            "min_updates", "trials", "updates_per_step", "eval_episodes", "mlp_dim",
+            "batch_size", "num_samples", "iterations", "num_elites", "sweep_task",
+            "sweep_lambdas", "sweep_online_shares", "calibration_episodes", "workers")
     return {key: getattr(args, key) for key in keys}
 
 
-# ---- one group of runs ----------------------------------------------------------------------
+# ---- helpers --------------------------------------------------------------------------------
 
 
 def _log(tag: str, message: str) -> None:
@@ -102,188 +123,235 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def dataset_dir(args: argparse.Namespace, task: str, pixels: bool) -> Path:
-    return Path(args.data) / f"{task}-{'pixels' if pixels else 'state'}"
+def dataset_dir(args: argparse.Namespace, task: str, variant: str = "", seed: int = 0) -> Path:
+    name = f"{task}-state" + (f"-{variant}" if variant else "") + (f"-seed{seed}" if seed else "")
+    return Path(args.data) / name
 
 
-def ensure_dataset(args: argparse.Namespace, task: str, pixels: bool) -> Path:
-    """Write the scripted dataset once (the generator skips episodes already written)."""
+def ensure_datasets(args: argparse.Namespace, task: str) -> None:
+    """The training data, and held-out scripted episodes on and off its distribution."""
     from tdmpc_ros.sim.datasets import generate_dataset
 
-    directory = dataset_dir(args, task, pixels)
-    generate_dataset(task, directory, args.dataset_episodes or None, seed=0, pixels=pixels)
-    return directory
+    generate_dataset(task, dataset_dir(args, task), args.dataset_episodes or None, seed=0)
+    if "calibration" in args.stages:
+        for variant in ("", args.variant):
+            generate_dataset(task, dataset_dir(args, task, variant, HELD_OUT_SEED),
+                             args.calibration_episodes, seed=HELD_OUT_SEED,
+                             variant=variant or None)
 
 
-def run_group(job: tuple[argparse.Namespace, str, bool, int]) -> list[str]:
-    """Pretrain (once) and run every variant for one (task, input, seed)."""
-    args, task, pixels, seed = job
-    import numpy as np
-    import torch
+class Group:
+    """Everything of one (task, seed): its files, env, data and pretrained models."""
 
-    from tdmpc_ros.core.agent import Agent, evaluate, run_episode, spec_from_env
-    from tdmpc_ros.core.config import fast_config
-    from tdmpc_ros.core.episodes import load_episodes
-    from tdmpc_ros.sim.env import XArmTaskEnv
+    def __init__(self, args: argparse.Namespace, task: str, seed: int) -> None:
+        self.args, self.task, self.seed = args, task, seed
+        self.tag = f"{task} seed {seed}"
+        self.dir = Path(args.out) / f"{task}-state" / f"seed{seed}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.base = base_overrides(args, seed)
+        self._offline: list[Any] | None = None
 
-    torch.set_num_threads(1)
-    kind = "pixels" if pixels else "state"
-    tag = f"{task}-{kind} seed {seed}"
-    group_dir = Path(args.out) / f"{task}-{kind}" / f"seed{seed}"
-    group_dir.mkdir(parents=True, exist_ok=True)
-    base = config_overrides(args, pixels, seed)
-    done: list[str] = []
+    @property
+    def offline(self) -> list[Any]:
+        from tdmpc_ros.core.episodes import load_episodes
 
-    def make_env() -> XArmTaskEnv:
-        return XArmTaskEnv(task, render_pixels=pixels, seed=seed)
+        if self._offline is None:
+            self._offline = load_episodes(dataset_dir(self.args, self.task))
+        return self._offline
 
-    def evaluate_agent(agent: Agent) -> dict[str, Any]:
-        env = make_env()
-        result = evaluate(env, agent, eval_episodes(args, pixels), seed=EVAL_SEED,
-                          action_repeat=1)
-        env.close()
-        return result
+    def env(self, variant: str) -> Any:
+        from tdmpc_ros.sim.env import XArmTaskEnv
 
-    variants = args.pixel_variants if pixels else args.variants
-    todo = [v for v in variants if not (group_dir / f"{v}.json").exists()]
-    if not todo:
-        _log(tag, "all variants done, skipped")
-        return done
+        return XArmTaskEnv(self.task, render_pixels=False, seed=self.seed,
+                           variant=variant or None)
 
-    offline = None
-    checkpoint_path = group_dir / "pretrained.safetensors"
-    pretrain_json = group_dir / "pretrain.json"
-    if any(v in PRETRAINED_VARIANTS for v in todo) or not pretrain_json.exists():
-        offline = load_episodes(dataset_dir(args, task, pixels))
-    if not pretrain_json.exists() or not checkpoint_path.exists():
-        config = fast_config(**base, **variant_overrides("fowm"))
-        env = make_env()
+    def new_agent(self, td_target: str, lam: float, **overrides: Any) -> Any:
+        from tdmpc_ros.core.agent import Agent, spec_from_env
+        from tdmpc_ros.core.config import fast_config
+
+        config = fast_config(**{**self.base, "learner.td_target": td_target,
+                                "planner.uncertainty_coef": lam, **overrides})
+        env = self.env("")
         agent = Agent(config, spec_from_env(env))
         env.close()
-        agent.replay.add_offline(offline)
-        updates = config.run.offline_updates
-        _log(tag, f"pretrain: {len(offline)} episodes, {updates} updates")
-        started = time.perf_counter()
-        metrics: dict[str, float] = {}
-        for step in range(1, updates + 1):
-            metrics = agent.update()
-            if step % max(1, updates // 4) == 0 or step == updates:
-                rate = step / (time.perf_counter() - started)
-                _log(tag, f"pretrain {step}/{updates} ({rate:.1f} updates/s) "
-                     f"loss {metrics.get('model_loss', float('nan')):.4g}")
-        seconds = time.perf_counter() - started
-        before = evaluate_agent(agent)
-        agent.save(checkpoint_path)
-        successes = [float(e.succeeded) for e in offline]
-        record = {
-            "task": task, "input": kind, "seed": seed, "updates": updates,
-            "pretrain_seconds": seconds, "eval": before,
-            "dataset": {"dir": str(dataset_dir(args, task, pixels)), "episodes": len(offline),
-                        "transitions": int(sum(e.length for e in offline)),
-                        "success_rate": float(np.mean(successes))},
-            "config": config.to_dict(), "final_metrics": metrics,
-        }
-        _write_json(pretrain_json, record)
-        _log(tag, f"pretrained in {seconds:.0f} s, success before finetuning "
-             f"{before['success']:.2f}")
-        if seed == args.model_seed and args.models:
-            export_model(args, task, kind, agent, record)
-    pretrain = json.loads(pretrain_json.read_text())
+        return agent
 
-    for variant in todo:
-        started = time.perf_counter()
-        overrides = {**base, **variant_overrides(variant)}
-        if variant == "scratch":
-            config = fast_config(**overrides)
-            env = make_env()
-            agent = Agent(config, spec_from_env(env))
+    def checkpoint(self, pretraining: str) -> Path:
+        return self.dir / f"pretrained_{pretraining}.safetensors"
+
+    def load(self, pretraining: str, **overrides: Any) -> Any:
+        from tdmpc_ros.core.agent import Agent
+
+        return Agent.from_checkpoint(self.checkpoint(pretraining),
+                                     overrides={**self.base, **overrides})
+
+    def evaluate(self, agent: Any, variant: str) -> dict[str, Any]:
+        from tdmpc_ros.core.agent import evaluate
+
+        env = self.env(variant)
+        try:
+            return evaluate(env, agent, self.args.eval_episodes, seed=EVAL_SEED, action_repeat=1)
+        finally:
             env.close()
+
+    # ---- stages -------------------------------------------------------------------------
+
+    def pretrain(self, pretraining: str) -> dict[str, Any]:
+        """Pretrain (in_sample to convergence; max_q for as many updates), evaluate, save."""
+        from tdmpc_ros.core.pretraining import plot_pretraining, pretrain
+
+        path = self.dir / f"pretrain_{pretraining}.json"
+        if path.exists() and self.checkpoint(pretraining).exists():
+            return json.loads(path.read_text())
+        budget: dict[str, Any] = {}
+        if pretraining == "max_q":  # the same budget as the in-sample model of this seed
+            updates = self.pretrain("in_sample")["updates"]
+            budget = {"run.offline_updates": updates, "run.convergence_patience": updates + 1}
+        agent = self.new_agent(pretraining, 1.0, **budget)
+        agent.replay.add_offline(self.offline)
+        _log(self.tag, f"pretrain {pretraining}: {len(self.offline)} episodes, at most "
+             f"{agent.config.run.offline_updates} updates")
+        result = pretrain(agent, self.offline, progress=lambda line: _log(self.tag, line))
+        agent.save(self.checkpoint(pretraining))
+        lam = 1.0 if pretraining == "in_sample" else 0.0  # as its finetuning plans
+        agent = self.load(pretraining, **{"planner.uncertainty_coef": lam})
+        record = {
+            "task": self.task, "input": "state", "seed": self.seed, "pretraining": pretraining,
+            **result.to_dict(), "final_check": result.final,
+            "eval_train": self.evaluate(agent, ""), "eval_lambda": lam,
+            "dataset": {"dir": str(dataset_dir(self.args, self.task)),
+                        "episodes": len(self.offline),
+                        "transitions": int(sum(e.length for e in self.offline)),
+                        "success_rate": float(sum(e.succeeded for e in self.offline))
+                        / len(self.offline)},
+            "config": agent.config.to_dict(),
+        }
+        plot_pretraining(result.history, self.dir / f"pretrain_{pretraining}.png",
+                         f"{self.task} seed {self.seed}, {pretraining}")
+        _write_json(path, record)
+        _log(self.tag, f"pretrained {pretraining}: {result.updates} updates "
+             f"(converged {result.converged}, Q/return {result.final['value_ratio']:.2f}) in "
+             f"{result.seconds:.0f} s; success on the training distribution "
+             f"{record['eval_train']['success']:.2f}")
+        return record
+
+    def before(self, pretraining: str, lam: float) -> dict[str, Any]:
+        """The pretrained model on the variant with lambda ``lam`` (cached)."""
+        path = self.dir / f"before_{pretraining}_lambda{lam:g}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        self.pretrain(pretraining)
+        agent = self.load(pretraining, **{"planner.uncertainty_coef": lam})
+        record = {"pretraining": pretraining, "lambda": lam, "variant": self.args.variant,
+                  **self.evaluate(agent, self.args.variant)}
+        _write_json(path, record)
+        return record
+
+    def finetune(self, name: str, method: dict[str, Any]) -> None:
+        """One online finetuning run on the variant, evaluated before and after."""
+        from tdmpc_ros.core.agent import run_episode
+
+        path = self.dir / f"{name}.json"
+        if path.exists():
+            return
+        lam = method["lambda"]
+        overrides: dict[str, Any] = {"planner.uncertainty_coef": lam}
+        if "offline_fraction" in method:
+            overrides["replay.offline_fraction"] = method["offline_fraction"]
+        started = time.perf_counter()
+        if method["pretraining"] == "none":
+            agent = self.new_agent("max_q", lam)
             before: dict[str, Any] | None = None
         else:
-            agent = Agent.from_checkpoint(checkpoint_path, overrides=overrides)
-            agent.replay.add_offline(offline)
-            config = agent.config
-            before = pretrain["eval"] if variant != "lambda0" else evaluate_agent(agent)
-        env = make_env()
+            before = self.before(method["pretraining"], lam)
+            agent = self.load(method["pretraining"], **overrides)
+            agent.replay.add_offline(self.offline)
+        env = self.env(self.args.variant)
         trials: list[dict[str, Any]] = []
-        for index in range(args.trials):
+        for index in range(self.args.trials):
             episode = run_episode(
-                env, lambda obs, a=agent: a.act(obs, explore=True)[0], f"{variant}_{index:03d}",
-                seed=seed * 1000 + 100_000 + index, action_repeat=1, on_reset=agent.reset,
+                env, lambda obs, a=agent: a.act(obs, explore=True)[0], f"{name}_{index:03d}",
+                seed=self.seed * 1000 + 100_000 + index, action_repeat=1, on_reset=agent.reset,
             )
-            if variant == "no_balance":
-                agent.replay.add_offline(episode)  # one buffer: online data joins offline
-            else:
-                agent.replay.add_online(episode)
-            updates = int(round(episode.length * updates_per_step(args, pixels)))
-            for _ in range(updates):
-                agent.update()
+            updates = 0
+            if method["buffers"] != "no_updates":
+                if method["buffers"] == "one":
+                    agent.replay.add_offline(episode)  # one buffer: online data joins offline
+                else:
+                    agent.replay.add_online(episode)
+                updates = int(round(episode.length * self.args.updates_per_step))
+                for _ in range(updates):
+                    agent.update()
             trials.append({"trial": index + 1, "success": bool(episode.succeeded),
                            "return": float(episode.episode_return), "updates": updates})
         env.close()
-        after = evaluate_agent(agent)
-        seconds = time.perf_counter() - started
+        after = before if method["buffers"] == "no_updates" else self.evaluate(
+            agent, self.args.variant)
         record = {
-            "task": task, "input": kind, "seed": seed, "variant": variant,
+            "task": self.task, "input": "state", "seed": self.seed, "method": name,
+            "variant": self.args.variant, "settings": method,
             "before": before, "after": after,
             "success_before": None if before is None else before["success"],
             "success_after": after["success"],
-            "trial_success": [t["success"] for t in trials], "trials": trials,
-            "pretrain_updates": 0 if variant == "scratch" else pretrain["updates"],
+            "trial_successes": [t["success"] for t in trials], "trials": trials,
+            "pretrain_updates": (0 if before is None
+                                 else self.pretrain(method["pretraining"])["updates"]),
             "online_updates": int(sum(t["updates"] for t in trials)),
-            "uncertainty_coef": config.planner.uncertainty_coef,
-            "offline_fraction": config.replay.offline_fraction,
-            "balanced": variant in ("fowm", "lambda0"),
-            "seconds": seconds,
+            "uncertainty_coef": agent.config.planner.uncertainty_coef,
+            "offline_fraction": agent.config.replay.offline_fraction,
+            "seconds": time.perf_counter() - started,
         }
-        _write_json(group_dir / f"{variant}.json", record)
-        done.append(variant)
-        trial_rate = np.mean(record["trial_success"]) if trials else float("nan")
-        _log(tag, f"{variant}: before {record['success_before']} after {after['success']:.2f} "
-             f"(trials {trial_rate:.2f}) in {seconds:.0f} s")
-    return done
+        _write_json(path, record)
+        rate = sum(record["trial_successes"]) / max(len(trials), 1)
+        _log(self.tag, f"{name}: before {record['success_before']} after "
+             f"{after['success']:.2f} (trials {rate:.2f}) in {record['seconds']:.0f} s")
+
+    def calibration(self) -> None:
+        """Rank correlation of the Q ensemble's spread with the model's one-step error."""
+        from tdmpc_ros.core.calibration import calibration_record
+        from tdmpc_ros.core.episodes import load_episodes
+
+        path = self.dir / "calibration.json"
+        if path.exists():
+            return
+        agent = self.load("in_sample")
+        held_out = {
+            "in_distribution": load_episodes(dataset_dir(self.args, self.task, "",
+                                                         HELD_OUT_SEED)),
+            "variant": load_episodes(dataset_dir(self.args, self.task, self.args.variant,
+                                                 HELD_OUT_SEED)),
+        }
+        record = {"task": self.task, "seed": self.seed, "variant": self.args.variant,
+                  **calibration_record(agent.model, held_out)}
+        _write_json(path, record)
+        _log(self.tag, "calibration: spearman " + ", ".join(
+            f"{k} {v['spearman']:.2f}" for k, v in record["sets"].items()))
 
 
-def export_model(args: argparse.Namespace, task: str, kind: str, agent: Any,
-                 record: dict[str, Any]) -> None:
-    """The seed's pretrained weights, actor only, into ``--models`` with a model card."""
-    models = Path(args.models)
-    models.mkdir(parents=True, exist_ok=True)
-    name = f"{task}-{kind}"
-    path = models / f"{name}.safetensors"
-    data = agent.to_bytes(actor_only=True, task=task, input=kind,
-                          pretrain_updates=record["updates"])
-    temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-    c = record["config"]
-    ds = record["dataset"]
-    ev = record["eval"]
-    flag = " --pixels" if kind == "pixels" else ""
-    card = f"""# {name}: TD-MPC world model pretrained offline (FOWM), {kind} input
+def run_job(job: tuple[argparse.Namespace, str, str, int]) -> str:
+    """One stage of one (task, seed): ``pretrain`` or ``rest`` (everything after it)."""
+    args, stage, task, seed = job
+    import torch
 
-- File: `models/{name}.safetensors` ({len(data) / 1e6:.2f} MB), actor-only checkpoint
-  (`tdmpc_ros.core.checkpoint`, kind `actor`: model weights, no target network, no optimiser
-  state; `Agent.from_checkpoint` restarts the target from the online weights).
-- Task: simulated xArm `{task}` (`tdmpc_ros.sim`), observations `{c['model']['obs_type']}`.
-- Data: {ds['episodes']} scripted-expert episodes of mixed skill ({ds['success_rate']:.0%} of
-  the episodes successful; {ds['transitions']} transitions), from
-  `python -m tdmpc_ros.sim.datasets --task {task} --out {ds['dir']} --seed 0{flag}`.
-- Pretraining: {record['updates']} gradient updates, batch {c['learner']['batch_size']},
-  seed {record['seed']} ({record['pretrain_seconds']:.0f} s on one CPU thread). The paper uses
-  25k updates with batch 256; this model is far smaller and shorter-trained, sized for 2 CPUs.
-- Config highlights: latent {c['model']['latent_dim']}, heads {c['model']['mlp_dim']} wide,
-  {c['model']['num_q']} Q heads, horizon {c['horizon']}, discount {c['discount']}; planner
-  {c['planner']['num_samples']} samples, {c['planner']['iterations']} iterations,
-  {c['planner']['num_elites']} elites, lambda {c['planner']['uncertainty_coef']};
-  action repeat {c['run']['action_repeat']} (the sim env's step is one agent step).
-- Success before finetuning: {ev['success']:.2f} over {ev['episodes']} evaluation episodes
-  (env seeds {EVAL_SEED}..{EVAL_SEED + ev['episodes'] - 1}, no exploration), mean return
-  {ev['return']:.2f}.
-- Made by: `{args.command_line}` (seed {record['seed']} of that experiment).
-"""
-    (models / f"{name}.md").write_text(card)
-    _log(f"{name}", f"exported {path} ({len(data) / 1e6:.2f} MB)")
+    torch.set_num_threads(1)
+    group = Group(args, task, seed)
+    if stage == "pretrain":
+        group.pretrain("in_sample")
+        return group.tag
+    if "pretrain" in args.stages:
+        group.pretrain("in_sample")
+    if "finetune" in args.stages:
+        for method in args.methods:
+            settings_of = method_settings(method)
+            if settings_of["pretraining"] == "max_q":
+                group.pretrain("max_q")
+            group.finetune(method, settings_of)
+    if "sweep" in args.stages and task == args.sweep_task:
+        for name, settings_of in sweep_runs(args).items():
+            group.finetune(name, settings_of)
+    if "calibration" in args.stages:
+        group.calibration()
+    return group.tag
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -292,35 +360,41 @@ def export_model(args: argparse.Namespace, task: str, kind: str, agent: Any,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["reach", "push", "lift"])
-    parser.add_argument("--pixels-tasks", nargs="*", default=["reach"],
-                        help="tasks that also get a pixel-based (pixels+proprio) run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--pixel-seeds", nargs="*", type=int, default=[0],
-                        help="seeds of the pixel runs")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--updates", type=int, default=800, help="offline updates (state)")
-    parser.add_argument("--pixel-updates", type=int, default=200, help="offline updates (pixels)")
-    parser.add_argument("--pixel-variants", nargs="+", default=["fowm", "scratch"],
-                        choices=VARIANTS, help="variants of the pixel runs")
-    parser.add_argument("--pixel-updates-per-step", type=float, default=0.2,
-                        help="online updates per step of the pixel runs (slow on CPU)")
-    parser.add_argument("--pixel-eval-episodes", type=int, default=5)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--variant", default="shifted",
+                        help="task variant of the online trials and evaluations "
+                             "(config/variants.yaml)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--stages", nargs="+", default=["pretrain", "finetune", "sweep",
+                                                        "calibration"],
+                        choices=["pretrain", "finetune", "sweep", "calibration"])
+    parser.add_argument("--updates", type=int, default=10_000,
+                        help="most offline updates (pretraining stops once values converge)")
+    parser.add_argument("--check-every", type=int, default=500, help="updates between checks")
+    parser.add_argument("--tolerance", type=float, default=0.1,
+                        help="converged once Q on expert state-actions is >= 1 - this of "
+                             "their Monte-Carlo return")
+    parser.add_argument("--min-updates", type=int, default=2000)
     parser.add_argument("--trials", type=int, default=20, help="online finetuning episodes")
     parser.add_argument("--updates-per-step", type=float, default=1.0)
-    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--mlp-dim", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--pixel-batch-size", type=int, default=32)
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--num-elites", type=int, default=16)
+    parser.add_argument("--sweep-task", default="lift")
+    parser.add_argument("--sweep-lambdas", nargs="*", type=float, default=[0.3, 3.0],
+                        help="lambdas of the sweep besides fowm's 1 and lambda0's 0")
+    parser.add_argument("--sweep-online-shares", nargs="*", type=float,
+                        default=[0.1, 0.3, 0.7, 0.9],
+                        help="online shares of each batch besides fowm's 0.5")
+    parser.add_argument("--calibration-episodes", type=int, default=30,
+                        help="held-out scripted episodes per distribution")
     parser.add_argument("--dataset-episodes", type=int, default=0,
                         help="episodes per dataset (0: the default size per task)")
     parser.add_argument("--data", default="runs/data", help="where the datasets are written")
     parser.add_argument("--out", default="runs/experiment")
-    parser.add_argument("--models", default="",
-                        help="export the --model-seed pretrained models here (e.g. models)")
-    parser.add_argument("--model-seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="parallel processes")
     args = parser.parse_args(argv)
     args.command_line = " ".join(
@@ -334,26 +408,25 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "settings.json", {"command": args.command_line, **settings(args)})
-    groups = [(task, False, seed) for task in args.tasks for seed in args.seeds]
-    groups += [(task, True, seed) for task in args.pixels_tasks for seed in args.pixel_seeds]
-    groups.sort(key=lambda g: (g[2], not g[1]))  # seed 0 first (models), pixels early
-    for task, pixels in sorted({(t, p) for t, p, _ in groups}):
+    for task in args.tasks:
         started = time.perf_counter()
-        ensure_dataset(args, task, pixels)
-        _log("data", f"{task}-{'pixels' if pixels else 'state'} ready "
-             f"({time.perf_counter() - started:.0f} s)")
-    jobs = [(args, task, pixels, seed) for task, pixels, seed in groups]
-    _log("experiment", f"{len(jobs)} groups x {len(args.variants)} variants, "
-         f"{args.workers} workers -> {out}")
+        ensure_datasets(args, task)
+        _log("data", f"{task} ready ({time.perf_counter() - started:.0f} s)")
+    by_seed = [(task, seed) for seed in args.seeds for task in args.tasks]  # seed 0 first
+    stages = [[(args, "pretrain", task, seed) for task, seed in by_seed]]
+    if set(args.stages) - {"pretrain"}:
+        stages.append([(args, "rest", task, seed) for task, seed in by_seed])
     started = time.perf_counter()
-    if args.workers <= 1:
-        for job in jobs:
-            run_group(job)
-    else:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(args.workers, maxtasksperchild=1) as pool:
-            for _ in pool.imap_unordered(run_group, jobs):
-                pass
+    for jobs in stages:
+        _log("experiment", f"{len(jobs)} jobs ({jobs[0][1]}), {args.workers} workers -> {out}")
+        if args.workers <= 1:
+            for job in jobs:
+                run_job(job)
+        else:
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(args.workers, maxtasksperchild=1) as pool:
+                for tag in pool.imap_unordered(run_job, jobs):
+                    _log("experiment", f"{tag}: {jobs[0][1]} done")
     _log("experiment", f"done in {time.perf_counter() - started:.0f} s; "
          f"report: python tools/report.py --out {out}")
     return 0

@@ -20,6 +20,7 @@ import torch
 
 OBS_TYPES = ("state", "pixels", "pixels+proprio")
 PRECISIONS = ("auto", "float32", "bfloat16")
+TD_TARGETS = ("in_sample", "max_q")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -80,6 +81,12 @@ class LearnerConfig:
     """Updates between two moving-average steps of the target network."""
     action_clip_eps: float = 1e-5
     """Dataset actions are clipped to [-1 + eps, 1 - eps] when they enter a buffer."""
+    td_target: str = "in_sample"
+    """How Q and the policy learn: "in_sample" (FOWM: Q's target bootstraps from the expectile
+    V, so only dataset actions enter it, and the policy is fitted by advantage-weighted
+    regression) or "max_q" (standard TD-MPC: the target bootstraps from min-of-2 target Q at the
+    policy's action, r + gamma * minQ'(z', pi(z')), and the policy ascends min-of-2 Q). "max_q" is
+    the baseline that shows what in-sample learning adds offline."""
     precision: str = "auto"
     """Matrix products of the update: "float32" (the paper's arithmetic), "bfloat16" (autocast:
     hidden-layer products in bfloat16; weights, optimiser state, losses, LayerNorm and every
@@ -165,6 +172,15 @@ class RunConfig:
     """Agent steps before an episode is truncated (0: the environment's own limit)."""
     log_every: int = 100
     """Updates between two progress lines."""
+    convergence_check_every: int = 500
+    """Pretraining: updates between two value checks (``core.pretraining``: Q on the dataset's
+    successful episodes against their Monte-Carlo return)."""
+    convergence_tolerance: float = 0.1
+    """Pretraining stops once Q has reached at least (1 - this) of that return ..."""
+    convergence_patience: int = 2
+    """... at this many checks in a row; otherwise it runs to ``offline_updates``."""
+    convergence_min_updates: int = 0
+    """Pretraining runs at least this many updates, whatever the checks say."""
     checkpoint_every: int = 5_000
     """Updates between two checkpoints (0: only at the end)."""
 
@@ -238,6 +254,7 @@ class Config:
         _at_least("learner.target_update_every", lr.target_update_every, 1)
         _in_range("learner.action_clip_eps", lr.action_clip_eps, 0.0, 0.1)
         _choice("learner.precision", lr.precision, PRECISIONS)
+        _choice("learner.td_target", lr.td_target, TD_TARGETS)
 
         _at_least("planner.iterations", p.iterations, 1)
         _at_least("planner.num_samples", p.num_samples, 1)
@@ -272,6 +289,10 @@ class Config:
         _at_least("run.max_episode_steps", run.max_episode_steps, 0)
         _at_least("run.log_every", run.log_every, 1)
         _at_least("run.checkpoint_every", run.checkpoint_every, 0)
+        _at_least("run.convergence_check_every", run.convergence_check_every, 1)
+        _in_range("run.convergence_tolerance", run.convergence_tolerance, 0.0, 1.0)
+        _at_least("run.convergence_patience", run.convergence_patience, 1)
+        _at_least("run.convergence_min_updates", run.convergence_min_updates, 0)
 
         _at_least("horizon", self.horizon, 1)
         _in_range("discount", self.discount, 0.0, 1.0, low_open=True)

@@ -14,6 +14,9 @@ One update on a batch of B sub-trajectories (time first):
   w = min(exp(beta * (minQ_target(z, a) - V(z))), w_max),
   loss = -mean_t rho^t mean_b w log N(a; tanh(pi(z)), 1);
 - every ``target_update_every`` updates the target encoder and Q heads move by ``target_tau``.
+
+``learner.td_target: max_q`` swaps in standard TD-MPC for comparison: the Q target bootstraps
+from min-of-2 target Q at the policy's action, and the policy ascends Q instead of AWR.
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ class Learner:
             first = {key: value[0] for key, value in obs.items()}
             following = {key: value[1:].flatten(0, 1) for key, value in obs.items()}
             with torch.no_grad():
-                next_value = model.value(model.encode(following)).float().view(horizon, size)
+                next_z = model.encode(following)
+                next_value = self._bootstrap(next_z).float().view(horizon, size)
                 q_target = td_target(reward, batch.terminated, next_value, cfg.discount)
                 next_z_target = model.encode_target(following).float().view(horizon, size, -1)
 
@@ -138,9 +142,14 @@ class Learner:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.online_parameters(), lr.grad_clip_norm)
         self.model_optim.step()
 
-        pi_loss, pi_grad_norm, advantage, awr_weight = self._update_policy(
-            rollout[:-1].detach(), action, q_min, rho
-        )
+        if lr.td_target == "max_q":
+            pi_loss, pi_grad_norm, advantage, awr_weight = self._update_policy_max_q(
+                rollout[:-1].detach(), rho
+            )
+        else:
+            pi_loss, pi_grad_norm, advantage, awr_weight = self._update_policy(
+                rollout[:-1].detach(), action, q_min, rho
+            )
 
         self.steps += 1
         if self.steps % lr.target_update_every == 0:
@@ -172,6 +181,38 @@ class Learner:
         pi_grad_norm = torch.nn.utils.clip_grad_norm_(model.pi.parameters(), lr.grad_clip_norm)
         self.pi_optim.step()
         return pi_loss.detach(), pi_grad_norm, advantage, weight
+
+    def _bootstrap(self, next_z: Tensor) -> Tensor:
+        """The value the TD target bootstraps from: V(z') in-sample, or min-of-2 target Q at the
+        policy's (noisy) action for max_q, as TD-MPC does."""
+        model = self.model
+        if self.config.learner.td_target != "max_q":
+            return model.value(next_z)
+        planner = self.config.planner
+        action = model.policy(next_z)
+        noise = torch.randn(action.shape, device=action.device, generator=self.generator)
+        noise = (noise * planner.policy_noise_std).clamp(-planner.policy_noise_clip,
+                                                         planner.policy_noise_clip)
+        action = (action + noise.to(action.dtype)).clamp(-1.0, 1.0)
+        heads = torch.randperm(model.q.heads, device=next_z.device, generator=self.generator)[:2]
+        return model.q_values(next_z, action, target=True, heads=heads).min(0).values
+
+    def _update_policy_max_q(self, latents: Tensor, rho: Tensor
+                             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """TD-MPC's policy step: ascend min-of-2 Q(z, pi(z)); only the policy moves."""
+        lr = self.config.learner
+        model = self.model
+        with self._autocast():
+            flat = latents.flatten(0, 1)
+            heads = torch.randperm(model.q.heads, device=flat.device, generator=self.generator)[:2]
+            q = model.q_values(flat, model.policy(flat), heads=heads).float().min(0).values
+            pi_loss = -(rho * q.view_as(rho)).mean(1).mean()
+        self.pi_optim.zero_grad(set_to_none=True)
+        pi_loss.backward(inputs=list(model.pi.parameters()))
+        pi_grad_norm = torch.nn.utils.clip_grad_norm_(model.pi.parameters(), lr.grad_clip_norm)
+        self.pi_optim.step()
+        zero = torch.zeros((), device=flat.device)
+        return pi_loss.detach(), pi_grad_norm, zero, zero
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:

@@ -1,7 +1,10 @@
 """The replay recorder: every executed step, once, on disk and on the transitions topic.
 
-A step is recorded when the observation that followed its action arrives (robot state, world
-state and camera frame of the same instant). Reward and success come from the task's own
+A step is recorded once both its action and the observation that followed it (robot state,
+world state and camera frame of the same instant) are in, whichever came first: DDS does not
+order messages of different writers, and the planner's action for step N can arrive after the
+observation of step N + 1. Observations wait in a per-episode table keyed by step, and steps are
+recorded in step order as soon as each is complete. Reward and success come from the task's own
 function (``tasks.reward_and_success``), the one the trial supervisor judges by.
 
 Nothing is lost if a process is killed: after every step the episode so far is rewritten
@@ -41,6 +44,7 @@ from tdmpc_ros.nodes.observations import Observation, ObservationAssembler
 from tdmpc_ros.tasks import get_task
 
 ENDING_GRACE_S = 5.0
+FIRST_STEP_WAIT_S = 1.0  # an episode first seen after step 0: wait this long for step 0
 QUEUE = 100  # messages of each input kept while the recorder is busy (4 episodes)
 
 
@@ -61,6 +65,8 @@ class RecorderParams:
     record_images: bool = param("keep camera frames in episodes and transitions")
     max_image_skew_s: float = param("largest gap between a frame's stamp and its robot state's "
                                     "(s); 0: the same stamp (the simulated camera)")
+    image_size: int = param("height and width of the model's rgb8 input (camera.yaml's width "
+                            "and height); any other frame is refused")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_image_skew_s <= 1.0:
@@ -113,9 +119,13 @@ class ReplayRecorder(Node):
         self.assembler = ObservationAssembler(need_world=True,
                                               need_image=self.params.record_images,
                                               max_image_skew_s=self.params.max_image_skew_s)
+        self.image_shape = (self.params.image_size, self.params.image_size, 3)
         self.running: dict[str, _Running] = {}
         self.last_observation: dict[str, Observation] = {}
         self.actions: dict[tuple[str, int], ActionCommand] = {}
+        # observations not yet recorded, by episode and step, with their arrival time
+        self.pending: dict[str, dict[int, tuple[Observation, float]]] = {}
+        self.refused: dict[str, int] = {}
         self.ended: set[str] = set()
         self.ending: dict[str, tuple[int, float]] = {}  # episode -> (its length, when it ended)
         self.recorded = 0
@@ -124,7 +134,7 @@ class ReplayRecorder(Node):
         self.episodes_written = 0
         self.write_failures = 0
         self._resume()
-        self.create_timer(0.5, self._finish_ended)
+        self.create_timer(0.5, self._tick)
         self.transition_publisher = publisher(self, "replay/transitions")
         # Deep queues: every step counts, and a disk write may hold this node up for a while.
         self.inputs = [subscribe(self, "robot/action", self.on_action, queue=QUEUE),
@@ -163,10 +173,20 @@ class ReplayRecorder(Node):
     # --- inputs --------------------------------------------------------------------------------
 
     def on_action(self, command: ActionCommand) -> None:
+        values = np.asarray(command.action, np.float64)
+        if values.shape != (self.spec.action_dim,) or not np.isfinite(values).all():
+            self._refuse("action", f"{command.episode_id} step {command.step}: an action "
+                         f"needs {self.spec.action_dim} finite values, got {values.tolist()}")
+            return
         self.actions.setdefault((command.episode_id, command.step), command)
         if len(self.actions) > 512:
             for key in list(self.actions)[:256]:
                 del self.actions[key]
+        self._advance(command.episode_id)
+
+    def _refuse(self, what: str, reason: str) -> None:
+        self.refused[what] = self.refused.get(what, 0) + 1
+        self.get_logger().error(f"refused {what} #{self.refused[what]}: {reason}")
 
     def on_event(self, event: EpisodeEvent) -> None:
         if event.event in (EpisodeEvent.START, EpisodeEvent.END):
@@ -201,30 +221,58 @@ class ReplayRecorder(Node):
                 self._finish(episode_id, truncated=True)
 
     def on_observation_part(self, message: Any) -> None:
-        observation = self.assembler.add(message)
+        try:
+            observation = self.assembler.add(message)
+            inputs = None if observation is None else observation.model_inputs(self.spec)
+        except ValueError as error:  # a frame or state that does not fit the task's inputs
+            self._refuse(type(message).__name__, str(error))
+            return
         if observation is None or not observation.robot.episode_id:
             return
+        if "pixels" in inputs and inputs["pixels"].shape != self.image_shape:
+            self._refuse("image", f"a {inputs['pixels'].shape} frame; the model's input is "
+                         f"{self.image_shape}")
+            return
         episode_id, step = observation.key
-        if episode_id in self.ended:
+        running = self.running.get(episode_id)
+        if episode_id in self.ended or (
+                running is not None and step <= running.first_step + running.steps):
+            return  # a repeat of a step already recorded: never record twice
+        self.pending.setdefault(episode_id, {}).setdefault(step, (observation, time.monotonic()))
+        self._advance(episode_id)
+
+    def _advance(self, episode_id: str) -> None:
+        """Record every step of ``episode_id`` whose action and next observation are both in,
+        in step order."""
+        pending = self.pending.get(episode_id)
+        if not pending or episode_id in self.ended:
             return
         running = self.running.get(episode_id)
         if running is None:
-            if step != 0:
-                self.get_logger().warning(f"{episode_id}: first seen at step {step}; its "
+            first = min(pending)
+            if first != 0 and time.monotonic() - pending[first][1] < FIRST_STEP_WAIT_S:
+                return  # step 0 may still be on its way
+            if first != 0:
+                self.get_logger().warning(f"{episode_id}: first seen at step {first}; its "
                                           "earlier steps are lost to this recorder")
             self.get_logger().info(f"recording {episode_id}")
             self._close_others(episode_id)
-            running = self.running[episode_id] = _Running(episode_id, first_step=step)
+            observation, _ = pending.pop(first)
+            running = self.running[episode_id] = _Running(episode_id, first_step=first)
             running.observations.append(observation.model_inputs(self.spec))
             self.last_observation[episode_id] = observation
-            return
-        if step != running.first_step + running.steps + 1:
-            return  # a repeat of a step already recorded, or a gap: never record twice
-        command = self.actions.get((episode_id, step - 1))
-        if command is None:
-            self.get_logger().error(f"{episode_id}: no action seen for step {step - 1}")
-            return
-        self._record(running, self.last_observation.get(episode_id), observation, command)
+        while episode_id in self.running:
+            step = running.first_step + running.steps + 1
+            command = self.actions.get((episode_id, step - 1))
+            if step not in pending or command is None:
+                break  # the observation or the action is still on its way
+            observation, _ = pending.pop(step)
+            self._record(running, self.last_observation.get(episode_id), observation, command)
+
+    def _tick(self) -> None:
+        for episode_id in list(self.pending):
+            self._advance(episode_id)
+        self._finish_ended()
 
     # --- recording -----------------------------------------------------------------------------
 
@@ -282,6 +330,13 @@ class ReplayRecorder(Node):
     def _finish(self, episode_id: str, truncated: bool) -> None:
         running = self.running.pop(episode_id, None)
         self.last_observation.pop(episode_id, None)
+        waiting = sorted(self.pending.pop(episode_id, {}))
+        if running is not None and waiting:  # say which steps were lost, and why
+            step = running.first_step + running.steps + 1
+            missing = ("no action" if (episode_id, step - 1) not in self.actions
+                       else "no observation after it")
+            self.get_logger().error(f"{episode_id}: steps {step - 1}..{waiting[-1] - 1} not "
+                                    f"recorded: {missing} for step {step - 1}")
         if running is None or not running.steps:
             return
         self._write(running, self.store, truncated=truncated)
@@ -291,14 +346,15 @@ class ReplayRecorder(Node):
                                f"{any(running.success)}")
 
     def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
-        level = WARN if self.write_failures else OK
+        level = WARN if self.write_failures or self.refused else OK
         # The supervisor starts a trial only when this says every input stream is matched.
         matched = all(subscription.get_publisher_count() > 0 for subscription in self.inputs)
         return level, f"{self.recorded} steps, {self.episodes_written} episodes", {
             "inputs_matched": matched, "last_event": self.last_event,
             "up_s": round(time.monotonic() - self.started, 1), "steps_recorded": self.recorded,
             "episodes_written": self.episodes_written, "running": ",".join(self.running),
-            "write_failures": self.write_failures}
+            "write_failures": self.write_failures,
+            **{f"refused_{what}": count for what, count in self.refused.items()}}
 
     def close(self) -> None:
         for episode_id in list(self.ending):  # ended: final, even if a frame never came

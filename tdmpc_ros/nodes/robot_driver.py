@@ -53,6 +53,9 @@ BACKENDS = ("sim", "real", "gazebo")
 @dataclass
 class DriverParams:
     task: str = param("task whose workspace box, step limit and scene apply")
+    variant: str = param("simulator only: the task variant whose cube and target placements "
+                         "the scene of each trial uses (config/variants.yaml; empty: the "
+                         "training distribution)")
     backend: str = param("sim (MuJoCo), real (xArm) or gazebo")
     robot_ip: str = param("real only: the xArm controller's IP address")
     base_frame: str = param("frame of every pose: the robot base")
@@ -95,7 +98,10 @@ class DriverParams:
                                      "error stops the trial")
 
     def __post_init__(self) -> None:
-        get_task(self.task)
+        get_task(self.task, self.variant)
+        if self.variant and self.backend != "sim":
+            raise ValueError(f"variant {self.variant!r} is for the simulator: on a real arm "
+                             "the operator places the objects")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} is not one of {BACKENDS}")
         if self.max_action_age_s < 0:
@@ -152,7 +158,7 @@ class RobotDriver(Node):
     def __init__(self) -> None:
         super().__init__("robot_driver")
         self.params = read_parameters(self, DriverParams)
-        self.spec = get_task(self.params.task)
+        self.spec = get_task(self.params.task, self.params.variant)
         self.backend = make_backend(self.params.backend, self.spec, self.params)
         self.episode_id = ""
         self.trial = 0

@@ -67,6 +67,8 @@ class SupervisorParams:
     task: str = param("task of the trials")
     trials: int = param("trials to run, then stop")
     backend: str = param("sim, real or gazebo (shown in the summary)")
+    variant: str = param("the task variant the trials run on (shown in the summary; empty: "
+                         "the training distribution)")
     max_steps: int = param("steps per trial; 0: the task's episode length")
     run_dir: str = param("where summary.json and trials.png go")
     step_timeout_s: float = param("end a trial as stale when no step arrives for this long (s)")
@@ -358,7 +360,8 @@ class TrialSupervisor(Node):
         run_dir = Path(self.params.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         successes = sum(result["success"] for result in self.results)
-        summary = {"task": self.spec.name, "backend": self.params.backend,
+        summary = {"task": self.spec.name, "variant": self.params.variant,
+                   "backend": self.params.backend,
                    "trials": len(self.results), "aborted": self.aborted, "successes": successes,
                    "success_rate": successes / len(self.results),
                    "first_half_success": _rate(self.results[: len(self.results) // 2]),
@@ -368,7 +371,8 @@ class TrialSupervisor(Node):
                    "results": self.results}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot = run_dir / "trials.png"
-        plot_trials(self.results, plot, f"{self.spec.name} on {self.params.backend}")
+        where = f" ({self.params.variant} variant)" if self.params.variant else ""
+        plot_trials(self.results, plot, f"{self.spec.name}{where} on {self.params.backend}")
         print(f"\nSummary: {successes}/{len(self.results)} trials succeeded "
               f"(first half {summary['first_half_success']:.0%}, second half "
               f"{summary['second_half_success']:.0%}); weights versions used "

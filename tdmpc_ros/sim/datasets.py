@@ -85,8 +85,13 @@ def generate_dataset(
     seed: int = 0,
     pixels: bool = False,
     progress: Callable[[str], None] | None = None,
+    variant: str | None = None,
 ) -> dict[str, object]:
     """Write episodes 0..episodes-1 of ``task`` to ``out``, skipping those already written.
+
+    ``variant`` (``tasks.with_variant``) places the cube and target as that variant does; the
+    offline data for pretraining comes from the training distribution (no variant), a variant's
+    scripted episodes serve as held-out data off that distribution.
 
     Returns a summary: counts written and skipped, and the success rate over all episodes.
     """
@@ -112,7 +117,7 @@ def generate_dataset(
                     episode = None  # unreadable: write it again
             if episode is None:
                 if env is None:
-                    env = XArmTaskEnv(task, render_pixels=pixels)
+                    env = XArmTaskEnv(task, render_pixels=pixels, variant=variant)
                 episode = record_episode(env, seed, index)
                 save_episode(episode, out)
                 written += 1
@@ -138,6 +143,7 @@ def generate_dataset(
         "success_rate": successes / episodes,
         "success_by_skill": {name: f"{won}/{total}" for name, (won, total) in by_skill.items()},
         "pixels": pixels,
+        "variant": variant or "",
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -155,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pixels", action="store_true", help="also record 84x84 RGB images")
     parser.add_argument("--quiet", action="store_true", help="no per-episode progress lines")
+    parser.add_argument("--variant", default="",
+                        help="place cube and target as this variant does (config/variants.yaml); "
+                             "default: the training distribution")
     args = parser.parse_args(argv)
 
     def report(line: str) -> None:
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = generate_dataset(
         args.task, args.out, args.episodes, args.seed, args.pixels,
-        progress=None if args.quiet else report,
+        progress=None if args.quiet else report, variant=args.variant or None,
     )
     print(json.dumps(summary), flush=True)
     return 0

@@ -13,6 +13,9 @@ Episodes last exactly ``spec.episode_length`` (25) agent steps and end by trunca
 does not terminate them, as in the paper's xArm tasks (a policy should also learn to stay at
 the goal, and every episode has the same length). ``terminated`` is always False;
 ``info["success"]`` is the task's success flag after the step.
+
+``variant`` (``tasks.with_variant``: a name from ``config/variants.yaml``) moves where the cube
+and the target are placed at reset, for finetuning on what the offline data did not cover.
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ class XArmTaskEnv(gymnasium.Env):
         seed: int | None = None,
         render_mode: str | None = None,
         render_size: int = 256,
+        variant: str | dict[str, Any] | None = None,
     ) -> None:
-        self.task_spec: TaskSpec = get_task(task)
+        self.task_spec: TaskSpec = get_task(task, variant)
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode

@@ -1,4 +1,4 @@
-"""The experiment pipeline end to end at tiny size, and the shipped pretrained models."""
+"""The experiment pipeline end to end at tiny size, its report, and the shipped models."""
 
 from __future__ import annotations
 
@@ -25,36 +25,61 @@ def _load_tool(name: str):
 
 def test_experiment_pipeline_tiny(tmp_path: Path) -> None:
     experiment, report = _load_tool("experiment"), _load_tool("report")
-    out, docs, models = tmp_path / "out", tmp_path / "docs", tmp_path / "models"
-    argv = ["--tasks", "reach", "--pixels-tasks", "--seeds", "0", "--updates", "4",
-            "--trials", "2", "--eval-episodes", "1", "--dataset-episodes", "3",
-            "--mlp-dim", "32", "--batch-size", "8", "--num-samples", "16", "--iterations", "1",
-            "--num-elites", "4", "--workers", "1", "--data", str(tmp_path / "data"),
-            "--out", str(out), "--models", str(models)]
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    argv = ["--tasks", "lift", "--seeds", "0", "1", "--variant", "shifted", "--updates", "6",
+            "--check-every", "3", "--min-updates", "0", "--trials", "2", "--eval-episodes", "1",
+            "--dataset-episodes", "3", "--calibration-episodes", "2", "--mlp-dim", "16",
+            "--batch-size", "4", "--num-samples", "8", "--iterations", "1", "--num-elites", "2",
+            "--sweep-task", "lift", "--sweep-lambdas", "3", "--sweep-online-shares", "0.9",
+            "--workers", "1", "--data", str(tmp_path / "data"), "--out", str(out)]
     assert experiment.main(argv) == 0
-    group = out / "reach-state" / "seed0"
-    pretrain = json.loads((group / "pretrain.json").read_text())
-    assert pretrain["updates"] == 4 and 0.0 <= pretrain["eval"]["success"] <= 1.0
-    assert (group / "pretrained.safetensors").exists()
-    for variant in experiment.VARIANTS:
-        result = json.loads((group / f"{variant}.json").read_text())
-        assert result["variant"] == variant and result["task"] == "reach"
-        assert len(result["trial_success"]) == 2
-        assert 0.0 <= result["success_after"] <= 1.0
-        assert (result["success_before"] is None) == (variant == "scratch")
-        assert result["online_updates"] == 2 * 25
-        assert result["uncertainty_coef"] == (0.0 if variant in ("lambda0", "scratch") else 1.0)
-    assert (models / "reach-state.safetensors").exists() and (models / "reach-state.md").exists()
+    group = out / "lift-state" / "seed0"
+    pretrain = json.loads((group / "pretrain_in_sample.json").read_text())
+    assert 3 <= pretrain["updates"] <= 6 and len(pretrain["history"]) == pretrain["updates"] // 3
+    assert {"q_expert", "return_expert", "value_ratio", "q_loss"} <= set(pretrain["history"][0])
+    max_q = json.loads((group / "pretrain_max_q.json").read_text())
+    assert max_q["updates"] == pretrain["updates"]  # the same budget
+    assert max_q["config"]["learner"]["td_target"] == "max_q"
+    assert (group / "pretrain_in_sample.png").stat().st_size > 1000
+    for method in experiment.METHODS:
+        result = json.loads((group / f"{method}.json").read_text())
+        assert result["method"] == method and result["variant"] == "shifted"
+        assert len(result["trial_successes"]) == 2
+        assert (result["success_before"] is None) == (method == "scratch")
+        assert result["online_updates"] == (0 if method == "pretrained" else 2 * 25)
+        assert result["uncertainty_coef"] == experiment.method_settings(method)["lambda"]
+    assert json.loads((group / "sweep_lambda3.json").read_text())["uncertainty_coef"] == 3.0
+    assert json.loads((group / "sweep_online0.9.json").read_text())["offline_fraction"] == \
+        pytest.approx(0.1)
+    calibration = json.loads((group / "calibration.json").read_text())
+    assert set(calibration["sets"]) == {"in_distribution", "variant", "pooled"}
     # resumable: a second call finds every result and redoes nothing
     stamp = (group / "fowm.json").stat().st_mtime_ns
     assert experiment.main(argv) == 0
     assert (group / "fowm.json").stat().st_mtime_ns == stamp
 
     report.write_report(out, docs)
+    document = json.loads((docs / "results.json").read_text())
+    assert "python tools/experiment.py" in document["command"]
+    fowm = next(r for r in document["results"] if r["method"] == "fowm")
+    assert fowm["task"] == "lift" and fowm["distribution"] == "shifted"
+    assert fowm["input"] == "state" and fowm["seeds"] == [0, 1] and fowm["eval_episodes"] == 1
+    for field in ("success_before", "success_after"):
+        assert set(fowm[field]) == {"mean", "std", "per_seed"}
+        assert len(fowm[field]["per_seed"]) == 2
+        assert fowm[field]["mean"] == pytest.approx(np.mean(fowm[field]["per_seed"]))
+    assert len(fowm["trial_successes"]) == 2 and len(fowm["trial_successes"][0]) == 2
+    assert fowm["command"] == document["command"]
+    scratch = next(r for r in document["results"] if r["method"] == "scratch")
+    assert scratch["success_before"] is None
+    assert {p["pretraining"] for p in document["pretraining"]} == {"in_sample", "max_q"}
+    assert document["calibration"][0]["sets"]["pooled"]["spearman"]["per_seed"]
     text = (docs / "results.md").read_text()
-    assert "| reach | state | FOWM (lambda 1, balanced) |" in text
-    assert "python tools/experiment.py" in text
-    assert (docs / "success_by_trial_reach.png").stat().st_size > 1000
+    assert "| lift | shifted | FOWM (lambda 1, balanced) |" in text
+    assert "python tools/experiment.py" in text and "Sweep on lift" in text
+    assert (docs / "success_by_trial_lift.png").stat().st_size > 1000
+    assert (docs / "sweep_lift.png").stat().st_size > 1000
+    assert (docs / "pretraining_lift.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
