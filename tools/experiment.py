@@ -328,6 +328,54 @@ class Group:
             f"{k} {v['spearman']:.2f}" for k, v in record["sets"].items()))
 
 
+def export_model(args: argparse.Namespace, task: str) -> Path:
+    """The ``--model-seed`` in-sample model of ``task`` into ``--models``, with its card."""
+    group = Group(args, task, args.model_seed)
+    record = group.pretrain("in_sample")
+    before = group.before("in_sample", 1.0)
+    agent = group.load("in_sample")
+    models = Path(args.models)
+    models.mkdir(parents=True, exist_ok=True)
+    name = f"{task}-state"
+    path = models / f"{name}.safetensors"
+    data = agent.to_bytes(actor_only=True, task=task, input="state",
+                          pretrain_updates=record["updates"],
+                          value_converged=record["converged"])
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+    c, ds, check = record["config"], record["dataset"], record["final_check"]
+    train = record["eval_train"]
+    card = f"""# {name}: TD-MPC world model pretrained offline (FOWM), state input
+
+- File: `models/{name}.safetensors` ({len(data) / 1e6:.2f} MB), actor-only checkpoint
+  (`tdmpc_ros.core.checkpoint`, kind `actor`: model weights, no target network, no optimiser
+  state; `Agent.from_checkpoint` restarts the target from the online weights).
+- Task: simulated xArm `{task}` (`tdmpc_ros.sim`), observations `state`.
+- Data: {ds['episodes']} scripted episodes of mixed skill ({ds['success_rate']:.0%} successful;
+  {ds['transitions']} transitions) from the task's training distribution:
+  `python -m tdmpc_ros.sim.datasets --task {task} --out {ds['dir']} --seed 0`.
+- Pretraining: in-sample TD (expectile V, AWR policy), batch {c['learner']['batch_size']},
+  seed {record['seed']}: {record['updates']} updates in {record['seconds']:.0f} s on one CPU
+  thread, stopped by the value check (`tdmpc_ros/core/pretraining.py`): Q on the dataset's
+  successful episodes {check['q_expert']:.2f} against their Monte-Carlo return
+  {check['return_expert']:.2f} (ratio {check['value_ratio']:.2f}; converged:
+  {record['converged']}). The paper: 25k updates at batch 256 and 512-wide heads.
+- Config: latent {c['model']['latent_dim']}, heads {c['model']['mlp_dim']} wide,
+  {c['model']['num_q']} Q heads, horizon {c['horizon']}, discount {c['discount']}; planner
+  {c['planner']['num_samples']} samples, {c['planner']['iterations']} iterations,
+  {c['planner']['num_elites']} elites, lambda 1 (the stack plans with config/planner.yaml's).
+- Success before finetuning, {train['episodes']} evaluation episodes (env seeds
+  {EVAL_SEED}.., no exploration): {train['success']:.2f} on the training distribution,
+  {before['success']:.2f} on the variant `{args.variant}` (`config/variants.yaml`).
+- Made by: `{args.command_line}` (seed {args.model_seed} of that experiment);
+  the finetuning results from it are in `docs/results.md`.
+"""
+    (models / f"{name}.md").write_text(card)
+    _log(name, f"exported {path} ({len(data) / 1e6:.2f} MB)")
+    return path
+
+
 def run_job(job: tuple[argparse.Namespace, str, str, int]) -> str:
     """One stage of one (task, seed): ``pretrain`` or ``rest`` (everything after it)."""
     args, stage, task, seed = job
@@ -395,6 +443,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="episodes per dataset (0: the default size per task)")
     parser.add_argument("--data", default="runs/data", help="where the datasets are written")
     parser.add_argument("--out", default="runs/experiment")
+    parser.add_argument("--models", default="",
+                        help="export each task's --model-seed in-sample model here, with a "
+                             "card (e.g. models)")
+    parser.add_argument("--model-seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="parallel processes")
     args = parser.parse_args(argv)
     args.command_line = " ".join(
@@ -427,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             with context.Pool(args.workers, maxtasksperchild=1) as pool:
                 for tag in pool.imap_unordered(run_job, jobs):
                     _log("experiment", f"{tag}: {jobs[0][1]} done")
+    if args.models:
+        for task in args.tasks:
+            export_model(args, task)
     _log("experiment", f"done in {time.perf_counter() - started:.0f} s; "
          f"report: python tools/report.py --out {out}")
     return 0
