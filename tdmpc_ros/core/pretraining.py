@@ -31,10 +31,12 @@ from tdmpc_ros.core.episodes import Episode
 from tdmpc_ros.core.world_model import WorldModel, obs_to_tensors
 
 
-def discounted_returns(rewards: np.ndarray, discount: float) -> np.ndarray:
-    """Return from every step of a time-limited episode, with the last reward kept forever."""
+def discounted_returns(rewards: np.ndarray, discount: float, time_limited: bool = True
+                       ) -> np.ndarray:
+    """Discounted return from every step; an episode cut by a time limit (not a termination)
+    keeps its last reward forever after, as the TD target bootstraps through the cut."""
     rewards = np.asarray(rewards, np.float64)
-    tail = rewards[-1] / (1.0 - discount)
+    tail = rewards[-1] / (1.0 - discount) if time_limited else 0.0
     out = np.empty_like(rewards)
     running = tail
     for t in range(len(rewards) - 1, -1, -1):
@@ -73,11 +75,13 @@ def value_check(model: WorldModel, episodes: Sequence[Episode], discount: float
                                   device=model.device)
         z = model.encode(tensors)
         q_values.append(model.q_values(z, actions).float().mean(0).cpu().numpy())
-        returns.append(discounted_returns(episode.rewards, discount))
+        returns.append(discounted_returns(episode.rewards, discount,
+                                          time_limited=not bool(episode.terminated[-1])))
     model.train(was_training)
     q = float(np.mean(np.concatenate(q_values)))
     mc = float(np.mean(np.concatenate(returns)))
-    return {"q_expert": q, "return_expert": mc, "value_ratio": q / mc if mc > 0 else float("nan")}
+    ratio = q / mc if abs(mc) > 1e-9 else float("nan")  # negative returns work alike
+    return {"q_expert": q, "return_expert": mc, "value_ratio": ratio}
 
 
 @dataclass

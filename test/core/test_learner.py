@@ -194,3 +194,35 @@ def test_bfloat16_updates_track_float32() -> None:
     for key in ("q_loss", "reward_loss", "v_loss", "consistency_loss", "pi_loss"):
         assert results["bfloat16"][key] == pytest.approx(results["float32"][key], rel=0.05,
                                                          abs=1e-3), key
+
+
+def test_max_q_targets_bootstrap_from_q_at_the_policys_action_and_in_sample_from_v() -> None:
+    base = {"model.num_q": 2, "planner.policy_noise_std": 0.0}  # both heads, no noise
+    z = torch.rand(7, 50)
+    in_sample = Learner(perturbed_model(small_config(**base)))
+    torch.testing.assert_close(in_sample._bootstrap(z), in_sample.model.value(z))
+    max_q = Learner(perturbed_model(small_config(**base, **{"learner.td_target": "max_q"})))
+    model = max_q.model
+    expected = model.q_values(z, model.policy(z), target=True).min(0).values
+    torch.testing.assert_close(max_q._bootstrap(z), expected)
+
+
+def test_max_q_policy_ascends_q_and_moves_only_the_policy() -> None:
+    config = small_config(**{"learner.td_target": "max_q", "learner.lr": 1e-12})
+    learner = Learner(perturbed_model(config))
+    model = learner.model
+    latents = torch.rand(5, 16, 50)
+    flat = latents.flatten(0, 1)
+    q_before = model.q_values(flat, model.policy(flat)).min(0).values.mean()
+    others = {name: p.detach().clone() for name, p in model.named_parameters()
+              if not name.startswith("pi.")}
+    rho = learner._rho.expand(5, 16)
+    for _ in range(30):
+        learner._update_policy_max_q(latents, rho)
+    q_after = model.q_values(flat, model.policy(flat)).min(0).values.mean()
+    assert q_after > q_before
+    for name, parameter in model.named_parameters():
+        if name in others:
+            torch.testing.assert_close(parameter, others[name], rtol=0, atol=0)
+    result = learner.update(random_batch())  # a whole update runs, finite
+    assert all(np.isfinite(v) for v in result.metrics.values())
