@@ -1,8 +1,8 @@
 """``tdmpc-ros``: pretrain offline, finetune online, evaluate. No ROS needed.
 
     tdmpc-ros pretrain --dataset DIR [--env ID] [--updates N] [--out DIR]
-    tdmpc-ros finetune --checkpoint CKPT --env ID [--dataset DIR] [--episodes N] [--out DIR]
-    tdmpc-ros eval     --checkpoint CKPT --env ID [--episodes N]
+    tdmpc-ros finetune --checkpoint CKPT --env ID [--variant NAME] [--dataset DIR] [--episodes N]
+    tdmpc-ros eval     --checkpoint CKPT --env ID [--variant NAME] [--episodes N]
 
 ``--env`` takes any gymnasium id with Box actions: Box observations become the ``state`` input,
 Dict observations (keys ``state``, ``proprio``, ``pixels``) are the project's own sim tasks
@@ -10,8 +10,11 @@ Dict observations (keys ``state``, ``proprio``, ``pixels``) are the project's ow
 fast toy task); an id of the form ``module:Env-v0`` imports ``module`` first. ``--dataset``
 reads directories of episode files (``tdmpc_ros.core.episodes``). Settings come from the
 defaults, then ``--config FILE.yaml``, then ``--set section.field=value`` (repeatable). Each run
-writes its config, checkpoints and ``metrics.jsonl`` under ``--out`` and prints a progress line
-every ``run.log_every`` updates.
+writes its config, checkpoints and ``metrics.jsonl`` under ``--out``. Pretraining runs until the
+value check passes (``tdmpc_ros.core.pretraining``: Q on the dataset's successful episodes
+against their Monte-Carlo return), at most ``--updates``; it prints a progress line at every
+check and plots losses and the check in ``pretraining.png``. ``--variant NAME`` finetunes and
+evaluates on a task variant (``config/variants.yaml``) of the project's sim tasks.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def pretrain(args: argparse.Namespace) -> int:
           f"obs {spec.obs_shapes}, action {spec.action_dim}, device {agent.device}", flush=True)
     if args.updates is not None:
         config.run.offline_updates = args.updates
-    log = _Log(out / "metrics.jsonl", "pretrain", config.run.offline_updates, 1)
+    log = _Log(out / "metrics.jsonl")
     every = config.run.checkpoint_every
 
     def on_check(record: dict[str, float]) -> None:
@@ -118,7 +121,7 @@ def finetune(args: argparse.Namespace) -> int:
     print(f"[finetune] from {args.checkpoint} (step {agent.learner.steps}), "
           f"{len(agent.replay.offline)} offline transitions, {episodes} episodes, "
           f"device {agent.device}", flush=True)
-    log = _Log(out / "metrics.jsonl", "finetune", episodes, 1)
+    log = _Log(out / "metrics.jsonl")
     started = time.perf_counter()
     saved_at = agent.learner.steps
     for index in range(episodes):
@@ -324,32 +327,10 @@ def _duration(seconds: float) -> str:
 
 
 class _Log:
-    """Progress lines every ``every`` updates, and every record in a JSON-lines file."""
+    """Every record of a run, one JSON object a line (``metrics.jsonl``)."""
 
-    SHOWN = (("model_loss", "model"), ("consistency_loss", "cons"), ("reward_loss", "rew"),
-             ("q_loss", "q"), ("v_loss", "v"), ("pi_loss", "pi"))
-
-    def __init__(self, path: Path, phase: str, total: int, every: int) -> None:
-        self.path, self.phase, self.total, self.every = path, phase, total, every
-        self.started = self.last_time = time.perf_counter()
-        self.last_step = 0
-        self.sums: dict[str, float] = {}
-
-    def update(self, step: int, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        if step % self.every and step != self.total:
-            return
-        now = time.perf_counter()
-        count = step - self.last_step
-        means = {key: value / count for key, value in self.sums.items()}
-        rate = count / max(now - self.last_time, 1e-9)
-        eta = (self.total - step) / max(step / (now - self.started), 1e-9)
-        losses = " ".join(f"{short} {means[key]:.4g}" for key, short in self.SHOWN if key in means)
-        print(f"[{self.phase}] {step}/{self.total} ({100 * step / self.total:.1f}%) | {losses} | "
-              f"{rate:.1f} upd/s | ETA {_duration(eta)}", flush=True)
-        self.write({"phase": self.phase, "step": step, "updates_per_s": rate, **means})
-        self.sums, self.last_step, self.last_time = {}, step, now
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as handle:

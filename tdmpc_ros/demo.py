@@ -3,7 +3,7 @@
 1. The offline dataset the learner mixes into every batch: scripted lift episodes of mixed
    quality (200), from the task's training distribution, in ``data/lift`` (made once).
 2. The node graph, each node its own process over DDS, from the same definition as
-   ``ros2 launch tdmpc_ros tdmpc.launch.py``, on the task variant ``shifted``
+   ``ros2 launch tdmpc_ros tdmpc.launch.py``, on the task variant ``far``
    (``config/variants.yaml``: the cube where the offline data never had it): the simulated
    camera and xArm, the planner with ``models/lift-state.safetensors`` and
    uncertainty-regularised MPPI, the replay recorder, the learner finetuning with balanced
@@ -37,7 +37,7 @@ def _say(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="lift", choices=("reach", "push", "lift"))
-    parser.add_argument("--variant", default="shifted",
+    parser.add_argument("--variant", default="far",
                         help="task variant of the trials (config/variants.yaml; '' for none)")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--eval-episodes", type=int, default=20,

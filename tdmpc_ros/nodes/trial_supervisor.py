@@ -418,10 +418,19 @@ def plot_trials(results: list[dict[str, Any]], path: Path, title: str) -> None:
                                                  gridspec_kw={"height_ratios": [2, 1.2, 1]})
     top.bar(trials, success, color="#9ecae1", label="trial success")
     top.plot(trials, running, color="#08519c", marker="o", label="success rate so far")
+    half = len(results) // 2
+    if half:  # the gain: success of the first half of the trials against the second's
+        for part, style in ((results[:half], "--"), (results[half:], "-")):
+            rate = _rate(part)
+            top.hlines(rate, part[0]["trial"] - 0.45, part[-1]["trial"] + 0.45,
+                       colors="#e6550d", linestyles=style, lw=2)
+        top.plot([], [], color="#e6550d", lw=2,
+                 label=f"trials 1-{half}: {_rate(results[:half]):.0%}, "
+                       f"{half + 1}-{len(results)}: {_rate(results[half:]):.0%}")
     top.set_ylim(0, 1.35)  # room above the bars for the legend
     top.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     top.set_ylabel("success")
-    top.legend(loc="upper left", ncol=2, framealpha=0.9)
+    top.legend(loc="upper left", ncol=3, framealpha=0.9, fontsize=8)
     top.set_title(f"Online finetuning: {title}")
     uncertain = [(result["trial"], result["q_std"]) for result in results
                  if result.get("q_std") is not None]

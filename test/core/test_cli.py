@@ -16,7 +16,8 @@ torch.set_num_threads(1)  # small models; also robust when the machine is shared
 TINY = ["--set", "model.mlp_dim=16", "--set", "model.enc_dim=16", "--set", "model.latent_dim=8",
         "--set", "learner.batch_size=8", "--set", "planner.num_samples=16",
         "--set", "planner.num_elites=4", "--set", "planner.iterations=2",
-        "--set", "run.action_repeat=1", "--set", "run.log_every=5", "--device", "cpu"]
+        "--set", "run.action_repeat=1", "--set", "run.convergence_check_every=5",
+        "--device", "cpu"]
 ENV = ["--env", "tdmpc_ros/PointMass-v0", "--env-kwargs", '{"max_steps": 8}']
 
 
@@ -28,8 +29,10 @@ def test_pretrain_finetune_eval(tmp_path, capsys) -> None:
     assert cli.main(["pretrain", "--dataset", str(data), *ENV, "--updates", "10",
                      "--eval-episodes", "1", "--out", str(run), *TINY]) == 0
     out = capsys.readouterr().out
-    assert "[pretrain] 5/10 (50.0%) | model" in out and "upd/s | ETA" in out
+    assert "[pretrain] 5/10 | model" in out and "Q/return on experts" in out
+    assert "values NOT converged at the cap" in out  # 10 updates are far too few
     assert "[pretrain] eval {" in out
+    assert (run / "pretraining.png").stat().st_size > 1000
     loaded = checkpoint.load(run / "latest.safetensors")
     assert loaded.step == 10 and loaded.config.model.mlp_dim == 16
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -72,3 +75,29 @@ def test_errors_name_the_problem(tmp_path, capsys) -> None:
     bad.write_bytes(b"\x00" * 64)
     assert cli.main(["eval", "--checkpoint", str(bad), *ENV]) == 2
     assert "not a checkpoint" in capsys.readouterr().err
+
+
+def test_finetune_on_a_variant_of_a_sim_task(tmp_path, capsys) -> None:
+    from tdmpc_ros.sim.datasets import generate_dataset
+    from tdmpc_ros.tasks import get_task
+
+    data = tmp_path / "lift"
+    generate_dataset("lift", data, episodes=2, seed=0)
+    run = tmp_path / "pretrain"
+    lift = ["--env", "tdmpc_ros/XArmLift-v0"]
+    assert cli.main(["pretrain", "--dataset", str(data), *lift, "--updates", "2",
+                     "--out", str(run), *TINY]) == 0
+    tuned = tmp_path / "finetune"
+    assert cli.main(["finetune", "--checkpoint", str(run / "latest.safetensors"), *lift,
+                     "--variant", "shifted", "--dataset", str(data), "--episodes", "2",
+                     "--out", str(tuned)]) == 0
+    region = get_task("lift", "shifted").object_region
+    for episode in load_episodes(tuned / "episodes"):
+        cube = episode.observations["state"][0, 4:7]  # where the variant placed it
+        assert region.low[1] - 0.005 <= cube[1] <= region.high[1] + 0.005
+    for episode in load_episodes(data):  # the offline data: the training distribution
+        assert abs(episode.observations["state"][0, 5]) <= 0.125
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(run / "latest.safetensors"), *ENV,
+                     "--variant", "shifted"]) == 2
+    assert "applies to the project's xArm tasks" in capsys.readouterr().err
