@@ -12,6 +12,7 @@ from rclpy.executors import SingleThreadedExecutor
 from tdmpc_ros import graph
 from tdmpc_ros.core.episodes import load_episodes
 from tdmpc_ros.launcher import Process, node_processes, parse_arguments, run
+from tdmpc_ros.tasks import get_task
 
 from rostest import ros_node
 
@@ -56,7 +57,7 @@ def test_the_stack_runs_trials_records_every_step_once_and_swaps_weights(ros_env
                           "--quiet"]) == 0
     run_dir = tmp_path / "run"
     arguments = parse_arguments(["task:=reach", "trials:=3", f"run_dir:={run_dir}",
-                                 f"dataset:={data}", "device:=cpu"])
+                                 f"dataset:={data}", "device:=cpu", "variant:=shifted"])
     processes = with_overrides(node_processes(arguments), {
         "trial_supervisor": {"max_steps": 6},
         "learner": {"publish_every_updates": 4, "publish_every_s": 2.0},
@@ -105,6 +106,11 @@ def test_the_stack_runs_trials_records_every_step_once_and_swaps_weights(ros_env
     assert sorted(transitions) == sorted(executed_steps)
     assert all(e.length == 6 and "pixels" in e.observations for e in episodes)
     assert not list((run_dir / "episodes" / "partial").glob("*.npz"))
+    # The trials ran on the variant: each target where variant:=shifted places it.
+    assert summary["variant"] == "shifted"
+    region = get_task("reach", "shifted").target_region
+    assert all(region.contains(e.observations["state"][0, 4:7], tolerance=1e-4)
+               for e in episodes)
 
     # The learner published new weights during the run, and the planner acted with them.
     assert len(weights) >= 2
