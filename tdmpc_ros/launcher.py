@@ -9,13 +9,14 @@ process group, and the whole group is signalled.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -58,6 +59,24 @@ def node_processes(arguments: dict[str, str]) -> list[Process]:
             command += ["-p", f"{name}:={graph.parameter_yaml(name, value)}"]
         processes.append(Process(node.name, tuple(command), required=node.required))
     return processes
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """For Popen's preexec_fn: the child gets SIGTERM (its clean shutdown) when the launcher
+    dies, however it dies; kill -9 of the launcher would otherwise leave every node running,
+    each in a session of its own. Linux only; elsewhere nothing is set."""
+
+    def set_death_signal() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before the signal was set
+            os._exit(1)
+
+    return set_death_signal
 
 
 def _forward(name: str, stream: TextIO, width: int, lock: threading.Lock) -> None:
@@ -113,7 +132,8 @@ def run(processes: Sequence[Process], environment: dict[str, str] | None = None)
         for process in processes:
             popen = subprocess.Popen(process.command, env=environment, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=_dies_with(os.getpid()))
             running[process.name] = popen
             reader = threading.Thread(target=_forward, args=(process.name, popen.stdout, width,
                                                              lock), daemon=True)

@@ -92,6 +92,30 @@ def test_ctrl_c_stops_every_process_and_grandchild(tmp_path, ignore_signals) -> 
         assert "still running after SIGTERM: b" in output
 
 
+def test_kill_9_of_the_launcher_leaves_no_node_behind(tmp_path) -> None:
+    script = tmp_path / "launch.py"
+    node = ("import os, sys, time\n"
+            "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+            "time.sleep(120)")
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from tdmpc_ros.launcher import Process, run
+        sys.exit(run([Process(name, (sys.executable, "-c", {node!r}, path))
+                      for name, path in (("a", {str(tmp_path / "a")!r}),
+                                         ("b", {str(tmp_path / "b")!r}))]))
+    """))
+    launcher = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    nodes = _wait_for(tmp_path / "a") + _wait_for(tmp_path / "b")
+    assert all(_alive(pid) for pid in nodes)
+    launcher.kill()  # kill -9: no handler of the launcher's runs
+    launcher.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in nodes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in nodes)
+
+
 def test_node_processes_follow_the_graph_and_the_arguments() -> None:
     arguments = parse_arguments(["task:=lift", "backend:=real", "namespace:=arm1",
                                  "trials:=5"])
