@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,6 +329,7 @@ class TrialSupervisor(Node):
               f"return {trial.episode_return:6.2f} | steps {trial.steps:>2} | weights "
               f"v{trial.weights_version} | {seconds:5.1f} s | successes so far {successes}/"
               f"{len(self.results)}" + (f" | ended: {detail}" if detail else ""), flush=True)
+        self.write_summary(complete=False)  # a run killed later still leaves what it did
         self.trial = None
         self.ready_since = None
         self.recorder_heard = 0.0  # the next trial waits for a heartbeat that has seen this END
@@ -353,7 +355,8 @@ class TrialSupervisor(Node):
 
     # --- the end -------------------------------------------------------------------------------
 
-    def finish(self) -> None:
+    def write_summary(self, complete: bool) -> dict[str, Any]:
+        """``summary.json`` with every trial so far; ``complete`` once the run has ended."""
         for result in self.results:  # a gap (the recorder was down) shows in the summary
             result["recorded_steps"] = sum(episode == result["episode_id"]
                                            for episode, _ in self.recorded)
@@ -361,7 +364,7 @@ class TrialSupervisor(Node):
         run_dir.mkdir(parents=True, exist_ok=True)
         successes = sum(result["success"] for result in self.results)
         summary = {"task": self.spec.name, "variant": self.params.variant,
-                   "backend": self.params.backend,
+                   "backend": self.params.backend, "complete": complete,
                    "trials": len(self.results), "aborted": self.aborted, "successes": successes,
                    "success_rate": successes / len(self.results),
                    "first_half_success": _rate(self.results[: len(self.results) // 2]),
@@ -369,7 +372,15 @@ class TrialSupervisor(Node):
                    "weights_versions_used": sorted({r["weights_version"] for r in self.results}),
                    "minutes": round((time.monotonic() - self.started) / 60, 2),
                    "results": self.results}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        temporary = run_dir / "summary.json.tmp"
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(temporary, run_dir / "summary.json")
+        return summary
+
+    def finish(self) -> None:
+        summary = self.write_summary(complete=True)
+        successes = summary["successes"]
+        run_dir = Path(self.params.run_dir)
         plot = run_dir / "trials.png"
         where = f" ({self.params.variant} variant)" if self.params.variant else ""
         plot_trials(self.results, plot, f"{self.spec.name}{where} on {self.params.backend}")

@@ -92,6 +92,7 @@ def test_the_stack_runs_trials_records_every_step_once_and_swaps_weights(ros_env
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["trials"] == 3 and [r["steps"] for r in summary["results"]] == [6, 6, 6]
+    assert summary["complete"]
     assert (run_dir / "trials.png").stat().st_size > 10_000
     # Each trial's mean uncertainty about the actions taken, from the planner's plans.
     assert all(r["q_std"] is not None and r["q_std"] >= 0 for r in summary["results"])
