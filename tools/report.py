@@ -204,10 +204,12 @@ def pretraining_table(pretraining: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for p in pretraining:
         data = p["dataset"]
+        converged = (f"{sum(p['converged'])}/{len(p['converged'])}"
+                     if p["pretraining"] == "in_sample" else "n/a (the in-sample budget)")
         lines.append(
             f"| {p['task']} | {p['pretraining']} | {data['episodes']} "
             f"({data['success_rate']:.0%}) | {', '.join(map(str, p['updates']))} | "
-            f"{sum(p['converged'])}/{len(p['converged'])} | {_ms(p['value_ratio'])} | "
+            f"{converged} | {_ms(p['value_ratio'])} | "
             f"{_ms(p['success_train'])} (lambda {p['eval_lambda']:g}) | "
             f"{p['seconds']['mean']:.0f} | {len(p['seeds'])} |")
     return lines
