@@ -56,7 +56,7 @@ def test_resets_draw_from_the_variant_and_the_default_stays_the_training_distrib
 
 
 def test_wrong_variants_are_refused_by_name(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no variant 'moon'.*known: shifted"):
+    with pytest.raises(ValueError, match="no variant 'moon'.*known: far, shifted"):
         get_task("lift", "moon")
     with pytest.raises(ValueError, match="unknown field 'max_step_m'"):
         with_variant(get_task("lift"), {"max_step_m": 0.1})
