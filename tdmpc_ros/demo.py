@@ -100,14 +100,13 @@ def evaluate_before_after(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
     from tdmpc_ros.core.agent import Agent, evaluate
+    from tdmpc_ros.nodes.planner import planning_overrides
     from tdmpc_ros.sim.env import XArmTaskEnv
 
     torch.set_num_threads(2)
     planner = yaml.safe_load(Path("config/planner.yaml").read_text())["/**"]["ros__parameters"]
-    overrides = {"device": "cpu", "planner.num_samples": planner["num_samples"],
-                 "planner.iterations": planner["iterations"],
-                 "planner.num_elites": min(50, max(2, planner["num_samples"] // 10)),
-                 "planner.uncertainty_coef": planner["uncertainty_coef"]}
+    overrides = planning_overrides(planner["num_samples"], planner["iterations"],
+                                   planner["uncertainty_coef"], "cpu")
     out: dict[str, Any] = {"variant": args.variant, "episodes": args.eval_episodes,
                            "env_seeds": f"10000..{10000 + args.eval_episodes - 1}"}
     for name, path in (("before", Path(f"models/{args.task}-state.safetensors")),

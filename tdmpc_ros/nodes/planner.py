@@ -68,6 +68,16 @@ class PlannerParams:
             raise ValueError(f"uncertainty_coef must be >= 0, got {self.uncertainty_coef}")
 
 
+def planning_overrides(num_samples: int, iterations: int, uncertainty_coef: float,
+                       device: str) -> dict[str, object]:
+    """The checkpoint's config overrides this node plans with (config/planner.yaml's settings;
+    elites a tenth of the samples, between 2 and 50)."""
+    return {"device": device, "planner.num_samples": num_samples,
+            "planner.iterations": iterations,
+            "planner.num_elites": min(50, max(2, num_samples // 10)),
+            "planner.uncertainty_coef": uncertainty_coef}
+
+
 def resolve_checkpoint(task: str, checkpoint: str) -> str:
     if checkpoint:
         return checkpoint
@@ -83,11 +93,8 @@ class Planner(Node):
         self.params = read_parameters(self, PlannerParams)
         self.spec = get_task(self.params.task)
         path = resolve_checkpoint(self.params.task, self.params.checkpoint)
-        overrides = {"device": self.params.device,
-                     "planner.num_samples": self.params.num_samples,
-                     "planner.iterations": self.params.iterations,
-                     "planner.num_elites": min(50, max(2, self.params.num_samples // 10)),
-                     "planner.uncertainty_coef": self.params.uncertainty_coef}
+        overrides = planning_overrides(self.params.num_samples, self.params.iterations,
+                                       self.params.uncertainty_coef, self.params.device)
         try:
             self.agent = Agent.from_checkpoint(path, acting_only=True, overrides=overrides)
         except (CheckpointError, FileNotFoundError, ValueError) as error:

@@ -123,8 +123,9 @@ class ReplayRecorder(Node):
         self.running: dict[str, _Running] = {}
         self.last_observation: dict[str, Observation] = {}
         self.actions: dict[tuple[str, int], ActionCommand] = {}
-        # observations not yet recorded, by episode and step, with their arrival time
-        self.pending: dict[str, dict[int, tuple[Observation, float]]] = {}
+        # observations not yet recorded, by episode and step: the observation, its model
+        # inputs (converted once) and its arrival time
+        self.pending: dict[str, dict[int, tuple[Observation, dict[str, np.ndarray], float]]] = {}
         self.refused: dict[str, int] = {}
         self.ended: set[str] = set()
         self.ending: dict[str, tuple[int, float]] = {}  # episode -> (its length, when it ended)
@@ -238,7 +239,8 @@ class ReplayRecorder(Node):
         if episode_id in self.ended or (
                 running is not None and step <= running.first_step + running.steps):
             return  # a repeat of a step already recorded: never record twice
-        self.pending.setdefault(episode_id, {}).setdefault(step, (observation, time.monotonic()))
+        self.pending.setdefault(episode_id, {}).setdefault(
+            step, (observation, inputs, time.monotonic()))
         self._advance(episode_id)
 
     def _advance(self, episode_id: str) -> None:
@@ -250,24 +252,25 @@ class ReplayRecorder(Node):
         running = self.running.get(episode_id)
         if running is None:
             first = min(pending)
-            if first != 0 and time.monotonic() - pending[first][1] < FIRST_STEP_WAIT_S:
+            if first != 0 and time.monotonic() - pending[first][2] < FIRST_STEP_WAIT_S:
                 return  # step 0 may still be on its way
             if first != 0:
                 self.get_logger().warning(f"{episode_id}: first seen at step {first}; its "
                                           "earlier steps are lost to this recorder")
             self.get_logger().info(f"recording {episode_id}")
             self._close_others(episode_id)
-            observation, _ = pending.pop(first)
+            observation, inputs, _ = pending.pop(first)
             running = self.running[episode_id] = _Running(episode_id, first_step=first)
-            running.observations.append(observation.model_inputs(self.spec))
+            running.observations.append(inputs)
             self.last_observation[episode_id] = observation
         while episode_id in self.running:
             step = running.first_step + running.steps + 1
             command = self.actions.get((episode_id, step - 1))
             if step not in pending or command is None:
                 break  # the observation or the action is still on its way
-            observation, _ = pending.pop(step)
-            self._record(running, self.last_observation.get(episode_id), observation, command)
+            observation, inputs, _ = pending.pop(step)
+            self._record(running, self.last_observation.get(episode_id), observation, inputs,
+                         command)
 
     def _tick(self) -> None:
         for episode_id in list(self.pending):
@@ -277,9 +280,9 @@ class ReplayRecorder(Node):
     # --- recording -----------------------------------------------------------------------------
 
     def _record(self, running: _Running, before: Observation | None, after: Observation,
-                command: ActionCommand) -> None:
+                inputs: dict[str, np.ndarray], command: ActionCommand) -> None:
         reward, success = after.reward_and_success(self.spec)
-        running.observations.append(after.model_inputs(self.spec))
+        running.observations.append(inputs)
         running.actions.append(np.asarray(command.action, np.float32))
         running.rewards.append(float(reward))
         running.success.append(bool(success))
