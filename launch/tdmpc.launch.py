@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -25,7 +26,27 @@ def _typed(name: str, value: str) -> object:
     return yaml.safe_load(graph.parameter_yaml(name, value))
 
 
-def _nodes(context, *_, **__) -> list[Node]:
+def _when_it_exits(node: graph.NodeSpec, action: Node) -> RegisterEventHandler:
+    """The graph's exit policy, as the project's launcher keeps it: a node that fails stops the
+    graph; a respawning one (launch_ros restarts it) only once it has failed more than
+    RESPAWN_MAX times; the required one (the trial supervisor) stops it when it ends."""
+    exits = []
+
+    def on_exit(event, _context) -> list[Shutdown]:
+        exits.append(event.returncode)
+        if node.required:
+            return [Shutdown(reason=f"{node.name} finished")]
+        if node.respawn and len(exits) <= graph.RESPAWN_MAX:
+            return []
+        if event.returncode != 0:
+            times = f" {len(exits)} times" if node.respawn else ""
+            return [Shutdown(reason=f"{node.name} failed{times} (exit code {event.returncode})")]
+        return []
+
+    return RegisterEventHandler(OnProcessExit(target_action=action, on_exit=on_exit))
+
+
+def _nodes(context, *_, **__) -> list:
     arguments = graph.check_launch_arguments({
         argument.name: LaunchConfiguration(argument.name).perform(context)
         for argument in graph.LAUNCH_ARGUMENTS
@@ -34,8 +55,9 @@ def _nodes(context, *_, **__) -> list[Node]:
     rviz = [Node(package="rviz2", executable="rviz2", name="rviz2",
                  namespace=arguments["namespace"], arguments=["-d", str(config / "tdmpc.rviz")],
                  output="log")] if arguments["rviz"] == "true" else []
-    return rviz + [
-        Node(
+    actions: list = list(rviz)
+    for node in graph.NODES:
+        action = Node(
             package=graph.PACKAGE,
             executable=node.executable,
             name=node.name,
@@ -45,10 +67,12 @@ def _nodes(context, *_, **__) -> list[Node]:
                          for name, value in graph.node_parameters(node, arguments).items()}],
             output="screen",
             emulate_tty=True,
-            on_exit=Shutdown(reason=f"{node.name} finished") if node.required else None,
+            respawn=node.respawn,
+            respawn_delay=graph.RESPAWN_DELAY_S if node.respawn else None,
+            respawn_max_retries=graph.RESPAWN_MAX if node.respawn else -1,
         )
-        for node in graph.NODES
-    ]
+        actions += [action, _when_it_exits(node, action)]
+    return actions
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -19,36 +19,70 @@ if TYPE_CHECKING:  # rclpy is only needed by the nodes, not by whoever reads the
 PACKAGE = "tdmpc_ros"
 
 
+# How long (s) of a stream its writer keeps for a reader that (re)joins late: a restarted
+# recorder or learner catches up on what was sent while it was down. 25 s at the 12.5 Hz
+# control rate (a respawn with its backoff takes a few seconds on a busy machine).
+CATCH_UP_S = 25.0
+CONTROL_HZ = 12.5
+CATCH_UP = int(CATCH_UP_S * CONTROL_HZ)
+
+
 @dataclass(frozen=True)
 class Qos:
-    """A QoS choice, kept as plain values so this module imports without rclpy."""
+    """A QoS choice, kept as plain values so this module imports without rclpy.
 
-    reliable: bool
-    depth: int
-    latched: bool = False  # transient local: a late subscriber gets the last `depth` messages
+    Writers offer the most (reliable and transient local where readers may catch up), so that
+    any reader's request is compatible; each reader asks for what it needs.
+    """
+
+    reliable: bool  # what an ordinary reader asks for
+    depth: int  # an ordinary reader's queue
+    latched: bool = False  # every reader gets the writer's last `depth` messages on joining
+    history: int = 0  # writers keep this many for a reader that asks to catch up
     why: str = ""
 
-    def profile(self) -> QoSProfile:
+    def _profile(self, reliable: bool, depth: int, transient_local: bool) -> QoSProfile:
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
         return QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
-            depth=self.depth,
-            reliability=ReliabilityPolicy.RELIABLE if self.reliable
+            depth=depth,
+            reliability=ReliabilityPolicy.RELIABLE if reliable
             else ReliabilityPolicy.BEST_EFFORT,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL if self.latched
+            durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local
             else DurabilityPolicy.VOLATILE,
         )
 
+    def writer(self) -> QoSProfile:
+        keeps = bool(self.history)
+        return self._profile(self.reliable or keeps, max(self.depth, self.history),
+                             self.latched or keeps)
+
+    def reader(self, catch_up: bool = False) -> QoSProfile:
+        """``catch_up``: also get what the writers still keep from before this reader joined
+        (every message in order, reliably): for the recorder and the learner, which must miss
+        no step across a restart."""
+        if catch_up and not self.history:
+            raise ValueError("this stream's writers keep no history to catch up on")
+        if catch_up:
+            return self._profile(True, max(self.depth, 2 * self.history), True)
+        return self._profile(self.reliable, self.depth, self.latched)
+
 
 QOS = {
-    "sensor": Qos(False, 2, why="camera frames: only the newest matters, a late one is useless"),
-    "state": Qos(True, 50, why="robot state: small, every sample is used by the recorder, "
-                 "which may fall a few steps behind while it writes to disk"),
-    "command": Qos(True, 10, why="actions: the driver acts on the newest only, but must get it; "
-                   "the recorder needs every one"),
+    "sensor": Qos(False, 2, history=CATCH_UP,
+                  why="camera frames: the planner wants only the newest (a late one is "
+                  "useless), the recorder every one, including those sent while it restarted"),
+    "state": Qos(True, 50, history=CATCH_UP,
+                 why="robot and world state: small, every sample is used by the recorder, "
+                 "which may fall behind while it writes to disk or restarts"),
+    "command": Qos(True, 10, history=CATCH_UP,
+                   why="actions: the driver acts on the newest only, but must get it; the "
+                   "recorder needs every one"),
     "monitor": Qos(True, 5, why="plans and markers for rviz and logs"),
-    "data": Qos(True, 200, why="transitions: none may be lost between recorder and learner"),
+    "data": Qos(True, 200, history=2 * CATCH_UP,
+                why="transitions: none may be lost between recorder and learner, a restarted "
+                "learner included"),
     "events": Qos(True, 100, latched=True,
                   why="episode events: a node that starts late still sees the trials so far"),
     "weights": Qos(True, 1, latched=True,
@@ -70,7 +104,11 @@ class Topic:
         return getattr(importlib.import_module(f"{package}.msg"), name)
 
     def profile(self) -> QoSProfile:
-        return QOS[self.qos].profile()
+        """The writers' profile, which every reader's request is compatible with."""
+        return QOS[self.qos].writer()
+
+    def reader_profile(self, catch_up: bool = False) -> QoSProfile:
+        return QOS[self.qos].reader(catch_up)
 
 
 TOPICS: dict[str, Topic] = {topic.name: topic for topic in (
@@ -122,6 +160,18 @@ class NodeSpec:
     parameters: str  # its YAML file in config/
     description: str
     required: bool = False  # when it exits, the whole graph stops (it ends the run)
+    respawn: bool = False  # when it dies, it is started again (it resumes where it was)
+
+
+# Respawn (both launchers): the first restart after RESPAWN_DELAY_S; the project's launcher
+# doubles the delay at each restart in a row, up to RESPAWN_MAX_DELAY_S (launch_ros keeps it
+# fixed). A node that needs more than RESPAWN_MAX restarts (within RESPAWN_WINDOW_S, for the
+# project's launcher) stops the graph, with the reason.
+RESPAWN_DELAY_S = 1.0
+RESPAWN_MAX_DELAY_S = 8.0
+RESPAWN_MAX = 5
+RESPAWN_WINDOW_S = 300.0
+CONFIG_ERROR_EXIT = 2  # a node's exit code for a wrong parameter: restarting cannot help
 
 
 NODES: tuple[NodeSpec, ...] = (
@@ -136,9 +186,11 @@ NODES: tuple[NodeSpec, ...] = (
              "plans each action with the world model and uncertainty-regularised MPPI"),
     NodeSpec("replay_recorder", "replay_recorder_node", "tdmpc_ros.nodes.replay_recorder",
              "replay_recorder.yaml",
-             "records every step to the episode store and publishes transitions"),
+             "records every step to the episode store and publishes transitions",
+             respawn=True),
     NodeSpec("learner", "learner_node", "tdmpc_ros.nodes.learner", "learner.yaml",
-             "finetunes the world model with balanced offline/online sampling, publishes weights"),
+             "finetunes the world model with balanced offline/online sampling, publishes weights",
+             respawn=True),
     NodeSpec("trial_supervisor", "trial_supervisor_node", "tdmpc_ros.nodes.trial_supervisor",
              "trial_supervisor.yaml",
              "rewards, success, episode ends, resets, trial count and progress",

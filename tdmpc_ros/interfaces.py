@@ -18,6 +18,7 @@ from __future__ import annotations
 import array
 import hashlib
 import math
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -388,20 +389,24 @@ def publish_checked(publisher: Any, message: Any) -> None:
     publisher.publish(message)
 
 
-def checked_callback(callback: Callable[[Any], None], logger: Any,
-                     on_refused: Callable[[Any, MessageError], None] | None = None,
-                     ) -> Callable[[Any], None]:
-    """Wrap a subscription callback: messages that fail check_message are logged and dropped."""
+def checked_callback(callback: Callable[[Any], None],
+                     on_refused: Callable[[Any, Exception], None]) -> Callable[[Any], None]:
+    """Wrap a subscription callback: a message that fails check_message goes to ``on_refused``
+    and is dropped. So does one whose handling raises: no message, however malformed, ends the
+    node (``on_refused`` gets the error, traceback included, to log)."""
 
     def receive(message: Any) -> None:
         try:
             check_message(message)
         except MessageError as error:
-            logger.warning(f"refused a {type(message).__name__}: {error}",
-                           throttle_duration_sec=1.0)
-            if on_refused is not None:
-                on_refused(message, error)
+            on_refused(message, error)
             return
-        callback(message)
+        try:
+            callback(message)
+        except (MessageError, ValueError, TypeError, KeyError, IndexError, RuntimeError,
+                OverflowError) as error:
+            trace = traceback.format_exc(limit=-3)
+            on_refused(message, MessageError(f"{type(message).__name__} (handling failed): "
+                                             f"{type(error).__name__}: {error}\n{trace}"))
 
     return receive

@@ -3,8 +3,11 @@
 It reads the same graph and arguments as ``launch/tdmpc.launch.py`` (``tdmpc_ros.graph``),
 starts each node as its own process, prefixes every output line with the node's name, and stops
 them all (SIGINT, then SIGTERM, then SIGKILL) on Ctrl-C, when a node fails, or when a required
-node (the trial supervisor) finishes. No process is left behind: each node runs in its own
-process group, and the whole group is signalled.
+node (the trial supervisor) finishes. A node marked ``respawn`` in the graph (the recorder, the
+learner) is started again when it dies, after a delay that doubles at each restart; one that
+dies too often stops the graph, with the reason. No process is left behind: each node runs in
+its own process group, the whole group is signalled, and each node gets SIGTERM if the launcher
+itself dies (kill -9 included).
 """
 
 from __future__ import annotations
@@ -31,6 +34,27 @@ class Process:
     name: str
     command: tuple[str, ...]
     required: bool = False  # when it exits, everything stops (launch's on_exit=Shutdown)
+    respawn: bool = False  # when it dies, it is started again (launch_ros's respawn)
+
+
+class Respawns:
+    """When a dying node is started again: after RESPAWN_DELAY_S, doubling with each restart in
+    a row, never after a configuration error, and never more than RESPAWN_MAX times within
+    RESPAWN_WINDOW_S."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+
+    def delay(self, name: str, code: int, now: float) -> float | str:
+        """Seconds until the restart, or why there is none."""
+        if code == graph.CONFIG_ERROR_EXIT:
+            return "a configuration error, which a restart cannot mend"
+        recent = [t for t in self.history.get(name, []) if now - t < graph.RESPAWN_WINDOW_S]
+        if len(recent) >= graph.RESPAWN_MAX:
+            return (f"it died {len(recent) + 1} times within {graph.RESPAWN_WINDOW_S:.0f} s "
+                    f"(at most {graph.RESPAWN_MAX} restarts)")
+        self.history[name] = [*recent, now]
+        return min(graph.RESPAWN_DELAY_S * 2 ** len(recent), graph.RESPAWN_MAX_DELAY_S)
 
 
 def config_directory() -> Path:
@@ -57,7 +81,8 @@ def node_processes(arguments: dict[str, str]) -> list[Process]:
         command += ["--params-file", str(config / node.parameters)]
         for name, value in graph.node_parameters(node, arguments).items():
             command += ["-p", f"{name}:={graph.parameter_yaml(name, value)}"]
-        processes.append(Process(node.name, tuple(command), required=node.required))
+        processes.append(Process(node.name, tuple(command), required=node.required,
+                                 respawn=node.respawn))
     return processes
 
 
@@ -108,10 +133,11 @@ def _stop(running: dict[str, subprocess.Popen]) -> None:
 
 
 def run(processes: Sequence[Process], environment: dict[str, str] | None = None) -> int:
-    """Run the processes until one fails, a required one exits, or SIGINT/SIGTERM arrives.
+    """Run the processes until one fails (for good), a required one exits, or SIGINT/SIGTERM
+    arrives.
 
     Returns 0 when a required process finished with 0 (or the launcher was interrupted), the
-    first failing process's exit code otherwise.
+    failing process's exit code otherwise.
     """
     stop_requested = threading.Event()
     environment = dict(os.environ if environment is None else environment)
@@ -127,31 +153,53 @@ def run(processes: Sequence[Process], environment: dict[str, str] | None = None)
     lock = threading.Lock()
     running: dict[str, subprocess.Popen] = {}
     readers = []
+    respawns = Respawns()
+    restart_at: dict[str, float] = {}  # process name -> when to start it again
+
+    def start(process: Process) -> None:
+        popen = subprocess.Popen(process.command, env=environment, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                 start_new_session=True, preexec_fn=_dies_with(os.getpid()))
+        running[process.name] = popen
+        reader = threading.Thread(target=_forward, args=(process.name, popen.stdout, width,
+                                                         lock), daemon=True)
+        reader.start()
+        readers.append(reader)
+        print(f"[launcher] started {process.name} (pid {popen.pid})", flush=True)
+
     result = 0
     try:
         for process in processes:
-            popen = subprocess.Popen(process.command, env=environment, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                     start_new_session=True,
-                                     preexec_fn=_dies_with(os.getpid()))
-            running[process.name] = popen
-            reader = threading.Thread(target=_forward, args=(process.name, popen.stdout, width,
-                                                             lock), daemon=True)
-            reader.start()
-            readers.append(reader)
-            print(f"[launcher] started {process.name} (pid {popen.pid})", flush=True)
+            start(process)
         while not stop_requested.is_set():
+            now = time.monotonic()
             for process in processes:
+                if process.name in restart_at:
+                    if now >= restart_at[process.name]:
+                        del restart_at[process.name]
+                        start(process)
+                    continue
                 code = running[process.name].poll()
                 if code is None:
                     continue
-                if code != 0:
+                if process.required and code == 0:
+                    print(f"[launcher] {process.name} finished; stopping the rest", flush=True)
+                    stop_requested.set()
+                elif process.respawn:
+                    delay = respawns.delay(process.name, code, now)
+                    if isinstance(delay, str):
+                        print(f"[launcher] {process.name} exited with {code} and is not "
+                              f"restarted: {delay}; stopping the rest", flush=True)
+                        result = code or 1
+                        stop_requested.set()
+                    else:
+                        print(f"[launcher] {process.name} exited with {code}; restarting it "
+                              f"in {delay:.0f} s", flush=True)
+                        restart_at[process.name] = now + delay
+                elif code != 0:
                     print(f"[launcher] {process.name} exited with {code}; stopping the rest",
                           flush=True)
                     result = code
-                    stop_requested.set()
-                elif process.required:
-                    print(f"[launcher] {process.name} finished; stopping the rest", flush=True)
                     stop_requested.set()
             time.sleep(0.1)
     finally:

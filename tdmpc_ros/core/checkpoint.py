@@ -277,6 +277,9 @@ def _check_names_and_shapes(expected: Mapping[str, Tensor], tensors: Mapping[str
             + "; ".join(wrong[:3])
         )
     _check_finite(provided)
+    matrices = [value for value in provided.values() if value.ndim >= 2]
+    if matrices and not any(bool(value.any()) for value in matrices):
+        raise CheckpointError("every weight matrix of the checkpoint is zero: not a model")
 
 
 def _check_finite(tensors: Mapping[str, Tensor]) -> None:

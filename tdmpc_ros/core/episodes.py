@@ -133,8 +133,10 @@ class Episode:
             raise EpisodeFormatError(f"episode id {self.episode_id!r} is not a plain file name")
 
 
-def save_episode(episode: Episode, directory: str | os.PathLike[str]) -> Path:
-    """Write ``episode`` to ``directory/<episode_id>.npz`` atomically and durably.
+def save_episode(episode: Episode, directory: str | os.PathLike[str],
+                 name: str | None = None) -> Path:
+    """Write ``episode`` to ``directory/<name>.npz`` (name: the episode id, unless a part of an
+    episode needs a file of its own) atomically and durably.
 
     The archive goes to a temporary file in the same directory, is fsynced, then renamed over
     the final name, and the directory is fsynced: a reader (or a process restarted after a
@@ -162,10 +164,11 @@ def save_episode(episode: Episode, directory: str | os.PathLike[str]) -> Path:
         weights_version=episode.weights_version,
         meta=np.array(json.dumps(meta)),
     )
-    final_path = directory / f"{episode.episode_id}{SUFFIX}"
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{episode.episode_id}.", suffix=".tmp", dir=directory
-    )
+    name = name or episode.episode_id
+    if "/" in name or name.startswith("."):
+        raise EpisodeFormatError(f"episode file name {name!r} is not a plain file name")
+    final_path = directory / f"{name}{SUFFIX}"
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.savez_compressed(handle, **arrays)

@@ -40,6 +40,7 @@ from tdmpc_ros.nodes.common import (
     param,
     publisher,
     read_parameters,
+    refusals,
     run,
     subscribe,
 )
@@ -211,8 +212,8 @@ class Camera(Node):
             pixels = self.mirror.render(self.params.height, self.params.width)
         except ValueError as error:  # a state of another scene: say so, keep running
             self.failures += 1
-            self.get_logger().warning(f"cannot render this world state: {error}",
-                                      throttle_duration_sec=2.0)
+            refusals(self)("world/state (does not fit the scene)",
+                           f"cannot render this world state: {error}")
             return
         image = image_to_msg(pixels, "rgb8", self.params.frame_id, world.header.stamp)
         publish_checked(self.image_publisher, image)

@@ -6,6 +6,7 @@ Nodes stay thin: they translate messages, parameters and timing, and call the co
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 import typing
@@ -77,21 +78,64 @@ def publisher(node: Node, name: str) -> Any:
     return node.create_publisher(topic.message_class(), topic.name, topic.profile())
 
 
+class Refusals:
+    """Input a node refused, counted by kind and logged: the first of each kind at once, then
+    repeats merged into one line per kind every ``every_s`` with their count, so that a flood
+    cannot fill the log and no kind of problem goes unseen. Diagnostics show the counts."""
+
+    def __init__(self, logger: Any, every_s: float = 5.0) -> None:
+        self._logger = logger
+        self._every_s = every_s
+        self.counts: dict[str, int] = {}
+        self._logged: dict[str, tuple[float, int]] = {}  # kind -> (when, count) last logged
+
+    def __call__(self, kind: str, reason: str, level: str = "error") -> None:
+        count = self.counts[kind] = self.counts.get(kind, 0) + 1
+        now = time.monotonic()
+        when, logged = self._logged.get(kind, (-math.inf, 0))
+        if count == 1 or now - when >= self._every_s:
+            repeats = f" ({count - logged} of this kind since the last line, {count} in all)" \
+                if count > 1 else ""
+            text = f"refused {kind}: {reason}{repeats}"
+            if level == "warning":  # rclpy wants one severity per call site
+                self._logger.warning(text)
+            else:
+                self._logger.error(text)
+            self._logged[kind] = (now, count)
+
+    def diagnostics(self) -> dict[str, int]:
+        return {f"refused {kind}": count for kind, count in sorted(self.counts.items())}
+
+
+def refusals(node: Node) -> Refusals:
+    """The node's one Refusals (made on first use)."""
+    if not hasattr(node, "_refusals"):
+        node._refusals = Refusals(node.get_logger())  # type: ignore[attr-defined]
+    return node._refusals  # type: ignore[attr-defined]
+
+
 def subscribe(node: Node, name: str, callback: Callable[[Any], None],
               on_refused: Callable[[Any, Exception], None] | None = None,
-              queue: int | None = None, **kwargs: Any) -> Any:
+              catch_up: bool = False, **kwargs: Any) -> Any:
     """A subscription whose messages pass interfaces.check_message before ``callback``.
 
-    ``queue`` deepens this reader's queue beyond the topic's depth: a reader that needs every
-    message (the recorder) keeps what arrives while it is busy, where a planner wants the newest.
+    ``catch_up``: a reader that needs every message (the recorder, the learner) gets them all,
+    reliably, with a deep queue for what arrives while it is busy, and on (re)joining what the
+    writers kept from before (graph.CATCH_UP_S); a planner wants only the newest.
     """
     topic = graph.topic(name)
-    profile = topic.profile()
-    if queue is not None:
-        profile.depth = max(profile.depth, queue)
+    profile = topic.reader_profile(catch_up)
+    refuse = refusals(node)
+
+    def refused(message: Any, error: Exception) -> None:
+        where = str(error).split(":", 1)[0]  # the field at fault: the kind of problem
+        refuse(f"{topic.name} ({where})", str(error))
+        if on_refused is not None:
+            on_refused(message, error)
+
     return node.create_subscription(
-        topic.message_class(), topic.name,
-        checked_callback(callback, node.get_logger(), on_refused), profile, **kwargs)
+        topic.message_class(), topic.name, checked_callback(callback, refused), profile,
+        **kwargs)
 
 
 class Diagnostics:
@@ -106,6 +150,7 @@ class Diagnostics:
 
     def _publish(self) -> None:
         level, message, values = self._report()
+        values.update(refusals(self._node).diagnostics())  # what it refused, by kind
         # Writer-side matches of every stream this node publishes: the trial supervisor starts
         # a trial only once each stream reaches all its readers (DDS drops what a writer sends
         # before it has matched a reader).

@@ -37,6 +37,7 @@ from tdmpc_ros.nodes.common import (
     param,
     publisher,
     read_parameters,
+    refusals,
     run,
     subscribe,
 )
@@ -82,21 +83,24 @@ class Learner(Node):
         self.lock = threading.Lock()
         self.online_steps = 0
         self.seen: set[tuple[str, int]] = set()
-        self.open_episode = ""
+        self.open_episode: tuple[str, int] = ("", -1)  # the episode being added, its next step
         self.updates = 0
         self.metrics: dict[str, float] = {}
         self.version = int(self.agent.model.weights_version)
         self.published_at_update = 0
         self.last_publish = time.monotonic()
         self.last_checkpoint = time.monotonic()
-        self.refused = 0
+        self.refuse = refusals(self)
+        # what a transition must carry: the model's input shapes and the task's action size
+        self.shapes = {key: tuple(shape) for key, shape in self.agent.model.spec.obs_shapes.items()
+                       if key in self.obs_keys}
         # A new id each start: the planner then takes this run's weights though the version
         # numbers restart from the checkpoint's.
         self.run_id = f"{Path(self.params.run_dir).resolve().name}-{time.strftime('%H%M%S')}"
         self._load_data()
         self.weights_publisher = publisher(self, "learner/weights")
-        subscribe(self, "replay/transitions", self.on_transition,
-                  lambda *_: setattr(self, "refused", self.refused + 1))
+        # catch-up: a restarted learner also gets the transitions sent while it was down
+        subscribe(self, "replay/transitions", self.on_transition, catch_up=True)
         Diagnostics(self, self.diagnostics)
         self.create_timer(0.5, self.maybe_publish)
         self.running = True
@@ -127,7 +131,8 @@ class Learner(Node):
             if episode.task != self.spec.name:
                 continue
             replay.add_online(episode)
-            self.seen.update((episode.episode_id, step) for step in range(episode.length))
+            first = int(episode.extras.get("first_step", 0))
+            self.seen.update((episode.episode_id, first + step) for step in range(episode.length))
             self.online_steps += episode.length
 
     # --- data ----------------------------------------------------------------------------------
@@ -141,26 +146,46 @@ class Learner(Node):
             observation["pixels"] = msg_to_image(image)
         return {key: observation[key] for key in self.obs_keys}
 
+    def _misfit(self, message: Transition) -> str:
+        """What makes a transition unfit for this model ("" when it fits)."""
+        if message.task != self.spec.name:
+            return f"task {message.task!r}, this learner's is {self.spec.name!r}"
+        if len(message.action) != self.spec.action_dim:
+            return f"{len(message.action)} action values, the task has {self.spec.action_dim}"
+        for key, shape in self.shapes.items():
+            for prefix in ("", "next_"):
+                if key == "pixels":
+                    image = getattr(message, f"{prefix}image")
+                    got = (image.height, image.width, 3 if image.encoding == "rgb8" else 0)
+                    if got != shape:
+                        return (f"{prefix}image is {image.height}x{image.width} "
+                                f"{image.encoding or 'empty'}, the model takes {shape} rgb8")
+                elif (len(getattr(message, f"{prefix}{key}")),) != shape:
+                    hint = (" (the real arm does not see the object: a state model cannot learn "
+                            "from its transitions)" if key == "state" else "")
+                    return (f"{prefix}{key} has {len(getattr(message, f'{prefix}{key}'))} "
+                            f"values, the model takes {shape[0]}{hint}")
+        return ""
+
     def on_transition(self, message: Transition) -> None:
         key = (message.episode_id, message.step)
-        if key in self.seen or message.task != self.spec.name:
-            return
-        if "state" in self.obs_keys and not len(message.state):
-            self.get_logger().error("transitions carry no state (the real arm does not see the "
-                                    "object); a state model cannot learn from them",
-                                    throttle_duration_sec=10.0)
+        if key in self.seen:
+            return  # already in the buffer (a catch-up after a restart brings it again)
+        misfit = self._misfit(message)
+        if misfit:
+            self.refuse("replay/transitions (does not fit the model)",
+                        f"{message.episode_id} step {message.step}: {misfit}")
             return
         online = self.agent.replay.online
         with self.lock:
-            if message.episode_id != self.open_episode:
+            if self.open_episode != key:  # a new episode, or the part of one after a gap
                 online.end_episode()
                 online.begin_episode(self._observation(message, after=False))
-                self.open_episode = message.episode_id
             online.add_transition(np.asarray(message.action, np.float32), message.reward,
                                   self._observation(message, after=True),
                                   terminated=message.terminated, truncated=message.truncated)
-            if message.terminated or message.truncated:
-                self.open_episode = ""
+            self.open_episode = (("", -1) if message.terminated or message.truncated
+                                 else (message.episode_id, message.step + 1))
             self.seen.add(key)
             self.online_steps += 1
 
@@ -221,7 +246,7 @@ class Learner(Node):
         level = ERROR if not self.trainer.is_alive() else OK
         return level, f"{self.updates} updates, weights v{self.version}", {
             "updates": self.updates, "online_steps": self.online_steps,
-            "weights_version": self.version, "refused_transitions": self.refused,
+            "weights_version": self.version, "run_id": self.run_id,
             **{key: f"{value:.4g}" for key, value in self.metrics.items()}}
 
     def close(self) -> None:

@@ -72,8 +72,9 @@ class ObservationAssembler:
     the nearest within ``max_image_skew_s`` for a real camera with its own clock)."""
 
     def __init__(self, need_world: bool, need_image: bool, max_image_skew_s: float = 0.0,
-                 keep: int = 64) -> None:
+                 keep: int = 64, image_size: int | None = None) -> None:
         self.need_world, self.need_image = need_world, need_image
+        self.image_size = image_size  # the model's square rgb8 input; other frames are refused
         self.max_image_skew_s = max_image_skew_s
         self.keep = keep
         self._robot: OrderedDict[tuple[int, int], RobotState] = OrderedDict()
@@ -82,7 +83,16 @@ class ObservationAssembler:
         self._done: set[tuple[int, int]] = set()
 
     def add(self, message: RobotState | WorldState | Image) -> Observation | None:
-        """Store a message; return the observation it completes, once, or None."""
+        """Store a message; return the observation it completes, once, or None.
+
+        A frame that is not the model's input (size, encoding) raises ValueError before it is
+        stored, so that it cannot take the place of the right frame for its stamp.
+        """
+        if type(message) is Image and self.image_size is not None and (
+                message.height, message.width, message.encoding) != (
+                self.image_size, self.image_size, "rgb8"):
+            raise ValueError(f"a {message.height}x{message.width} {message.encoding} frame; "
+                             f"the model's input is {self.image_size}x{self.image_size} rgb8")
         store = {RobotState: self._robot, WorldState: self._world, Image: self._images}
         table = store[type(message)]
         table[stamp_key(message.header.stamp)] = message

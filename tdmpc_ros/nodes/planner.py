@@ -6,12 +6,22 @@ Publishes: robot/action, planner/plan (LatentPlan), planner/plan_markers (rviz).
 New weights are checked (sha256 by interfaces, then shapes and finite values by the checkpoint
 loader) and swapped in by the same single-threaded executor that plans, so a swap always falls
 between two plans and never costs one. Bad weights are refused; the old ones stay.
+
+Which weights to take: any good weights this planner has not held before, whatever their
+version number says, so that no single message (a forged huge version, say) can stop it taking
+the learner's next one. Weights that do not follow on from those held (another run id, a version
+that jumps or goes back) are taken but logged and counted in diagnostics; weights held before (a
+replayed old version) are refused. Every action names its weights exactly (``weights_id``: run
+id, version and sha256 prefix), and the trial summary shows that. A graph that spans hosts is
+locked down with SROS2 (README), since no check here can tell a forged message from the
+learner's.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +45,7 @@ from tdmpc_ros.nodes.common import (
     param,
     publisher,
     read_parameters,
+    refusals,
     repo_or_share,
     run,
     stamp_seconds,
@@ -42,6 +53,10 @@ from tdmpc_ros.nodes.common import (
 )
 from tdmpc_ros.nodes.observations import Observation, ObservationAssembler
 from tdmpc_ros.tasks import action_to_target, get_task
+
+# A learner publishes versions one apart; the planner may miss a few while it plans (the weights
+# topic keeps only the newest). Further than this is not following on.
+MAX_VERSION_STEP = 100
 
 
 @dataclass
@@ -102,9 +117,17 @@ class Planner(Node):
         self.need_pixels = "pixels" in self.agent.model.obs_keys
         self.assembler = ObservationAssembler(
             need_world=True, need_image=self.need_pixels,
-            max_image_skew_s=self.params.max_image_skew_s)
+            max_image_skew_s=self.params.max_image_skew_s,
+            image_size=self.agent.model.spec.obs_shapes["pixels"][0] if self.need_pixels else None)
         self.episode_id = ""
         self.weights_run_id = ""  # a restarted learner starts a new run: its versions restart
+        self.weights_sha = ""
+        self.weights_id = f"{Path(path).name}:v{self.agent.model.weights_version}"
+        self.weights_held: set[str] = set()  # sha256 of every weights taken so far
+        self.weights_taken = 0
+        self.weights_discontinuities = 0
+        self.last_discontinuity = ""
+        self.refuse = refusals(self)
         self.plans = 0
         self.skipped_stale = 0
         self.unplannable = 0  # observations lacking an input the checkpoint needs
@@ -129,30 +152,52 @@ class Planner(Node):
     # --- weights -------------------------------------------------------------------------------
 
     def on_weights(self, message: ModelWeights) -> None:
-        """Swap in newer weights, or the first weights of a new learner run."""
-        same_run = message.run_id == self.weights_run_id
-        if same_run and message.version <= self.agent.model.weights_version:
-            return  # an older or the same version (e.g. the latched one again)
+        """Swap in good weights not held before (see the module's docstring)."""
+        sha = message.sha256.lower()
+        name = f"{message.run_id}:v{message.version}:{sha[:8]}"
+        if sha == self.weights_sha:
+            return  # the weights in use (e.g. the latched copy again)
+        if sha in self.weights_held:
+            self.refuse("learner/weights (replayed)", f"{name} was held before; keeping "
+                        f"{self.weights_id}")
+            return
+        held = self.agent.model.weights_version
+        unusual = ""
+        if self.weights_run_id and message.run_id != self.weights_run_id:
+            unusual = f"a new learner run {message.run_id!r} (was {self.weights_run_id!r})"
+        elif self.weights_run_id and not held < message.version <= held + MAX_VERSION_STEP:
+            unusual = f"version {message.version} does not follow on from {held}"
         try:
             self.agent.load_weights(bytes(message.payload))
         except (CheckpointError, ValueError, RuntimeError) as error:
             self.on_bad_weights(message, error)
             return
         self.agent.model.weights_version = int(message.version)
-        self.weights_run_id = message.run_id
-        self.get_logger().info(f"now planning with weights version {message.version} "
-                               f"(learner step {message.learner_step})")
+        self.weights_run_id, self.weights_sha, self.weights_id = message.run_id, sha, name
+        self.weights_held.add(sha)
+        self.weights_taken += 1
+        if unusual:
+            self.weights_discontinuities += 1
+            self.last_discontinuity = f"{name}: {unusual}"
+            self.get_logger().warning(f"weights {name} do not follow on: {unusual}; taken "
+                                      "(the next good weights will replace them)")
+        self.get_logger().info(f"now planning with weights {name} (learner step "
+                               f"{message.learner_step})")
 
     def on_bad_weights(self, message: Any, error: Exception) -> None:
         self.weights_refused += 1
         self.last_weights_error = f"version {getattr(message, 'version', '?')}: {error}"
-        self.get_logger().error(f"refused weights {self.last_weights_error}; keeping version "
-                                f"{self.agent.model.weights_version}")
+        self.get_logger().error(f"refused weights {self.last_weights_error}; keeping "
+                                f"{self.weights_id}")
 
     # --- planning ------------------------------------------------------------------------------
 
     def on_message(self, message: Any) -> None:
-        observation = self.assembler.add(message)
+        try:
+            observation = self.assembler.add(message)
+        except ValueError as error:  # a frame that is not the model's input
+            self.refuse(f"{type(message).__name__} (inputs)", str(error))
+            return
         if observation is None or observation.robot.state != RobotState.STATE_READY:
             return
         if observation.robot.step >= self.spec.episode_length:
@@ -186,6 +231,7 @@ class Planner(Node):
         command.episode_id, command.step = observation.key
         command.action = np.clip(action, -1.0, 1.0).astype(np.float32).tolist()
         command.weights_version = int(self.agent.model.weights_version)
+        command.weights_id = self.weights_id
         publish_checked(self.action_publisher, command)
         self.plans += 1
         self.plan_ms.append((time.perf_counter() - started) * 1000)
@@ -245,13 +291,16 @@ class Planner(Node):
 
     def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
         level = ERROR if (self.weights_refused and not self.plans) or self.unplannable else (
-            WARN if self.weights_refused or self.skipped_stale else OK)
+            WARN if (self.weights_refused or self.skipped_stale or self.refuse.counts
+                     or self.weights_discontinuities) else OK)
         median = float(np.median(self.plan_ms)) if self.plan_ms else 0.0
         return level, f"{self.plans} plans, weights v{self.agent.model.weights_version}", {
             "plans": self.plans, "plan_ms_median": f"{median:.1f}",
             "weights_version": self.agent.model.weights_version,
+            "weights_id": self.weights_id, "weights_taken": self.weights_taken,
             "weights_refused": self.weights_refused, "last_weights_error":
-            self.last_weights_error, "skipped_stale": self.skipped_stale,
+            self.last_weights_error, "weights_discontinuities": self.weights_discontinuities,
+            "last_discontinuity": self.last_discontinuity, "skipped_stale": self.skipped_stale,
             "unplannable": self.unplannable}
 
 

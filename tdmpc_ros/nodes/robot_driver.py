@@ -40,6 +40,7 @@ from tdmpc_ros.nodes.common import (
     param,
     publisher,
     read_parameters,
+    refusals,
     run,
     stamp_seconds,
     subscribe,
@@ -231,11 +232,11 @@ class RobotDriver(Node):
     # --- actions -------------------------------------------------------------------------------
 
     def on_refused(self, message: Any, error: Exception) -> None:
-        self._refuse("malformed", str(error))
+        self.refused["malformed"] = self.refused.get("malformed", 0) + 1  # subscribe logged it
 
     def _refuse(self, kind: str, why: str) -> None:
         self.refused[kind] = self.refused.get(kind, 0) + 1
-        self.get_logger().warning(f"action refused ({kind}): {why}", throttle_duration_sec=1.0)
+        refusals(self)(f"robot/action ({kind})", why, level="warning")
 
     def on_action(self, command: ActionCommand) -> None:
         if self.busy:

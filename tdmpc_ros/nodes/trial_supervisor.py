@@ -9,9 +9,12 @@ The operator has the last word (``trial/operator``, from ``operator_console``): 
 failure ends the running trial so marked (between trials it relabels the last one), pause holds
 the robot and the clock until resume, abort ends the trial and the run.
 
-After ``trials`` trials it prints a summary, writes ``summary.json`` and a plot (success and
-weights version by trial) into ``run_dir``, and exits; the launcher then stops the rest of the
-graph.
+Each trial's line is printed once its steps are recorded (or ``RECORD_WAIT_S`` after its end),
+and says so when the recorder kept fewer steps than the robot executed. ``summary.json`` is
+rewritten after every trial and whenever the run ends, however it ends (all trials done, abort,
+Ctrl-C or SIGTERM from the launcher when another node failed), with what is known then and how
+it ended (``ended``). After ``trials`` trials it prints a summary, writes a plot (success and
+weights by trial) into ``run_dir``, and exits; the launcher then stops the rest of the graph.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ READY_WHEN_SIM = {**READY_WHEN, "world/state": 4}
 RECORDER_SILENCE_S = 2.0  # no recorder heartbeat for this long: it is down
 RECORDER_SETTLE_S = 2.0  # a (re)started recorder's streams need this long to match both ways
 FINISH_GRACE_S = 10.0  # at the end, wait this long at most for the last step to be recorded
+RECORD_WAIT_S = 8.0  # a trial's line waits this long at most for its steps to be recorded
 
 
 @dataclass
@@ -101,6 +105,7 @@ class Trial:
     episode_return: float = 0.0
     success: bool = False
     weights_version: int = -1
+    weights_ids: list[str] = field(default_factory=list)  # every weights its actions named
     last_step_time: float = 0.0
     uncertainty: list[float] = field(default_factory=list)  # Q-ensemble std, executed action
 
@@ -127,6 +132,8 @@ class TrialSupervisor(Node):
         subscribe(self, "replay/transitions",
                   lambda message: self.recorded.add((message.episode_id, message.step)))
         self.finishing_since: float | None = None
+        self.unreported: list[tuple[dict[str, Any], float]] = []  # trial lines to print
+        self.ended = ""  # how the run ended, once it has
         self.paused = False
         self.aborted = False
         subscribe(self, "trial/operator", self.on_operator)
@@ -191,6 +198,7 @@ class TrialSupervisor(Node):
 
     def tick(self) -> None:
         now = time.monotonic()
+        self.report_trials()
         if self.finishing_since is not None:
             last = self.results[-1]
             if ((last["episode_id"], last["steps"] - 1) in self.recorded or not last["steps"]
@@ -210,6 +218,8 @@ class TrialSupervisor(Node):
                     and now - self.started > self.params.startup_timeout_s):
                 self.get_logger().error(f"not up after {self.params.startup_timeout_s:.0f} s: "
                                         f"{self.waiting_for}")
+                self.ended = f"not up after {self.params.startup_timeout_s:.0f} s"
+                self.write_summary(complete=False)
                 raise SystemExit(1)
             return
         if not self.recorder_alive():
@@ -232,6 +242,8 @@ class TrialSupervisor(Node):
         if self.trial is not None and command.episode_id == self.trial.episode_id:
             self.trial.weights_version = max(self.trial.weights_version,
                                              int(command.weights_version))
+            if command.weights_id and command.weights_id not in self.trial.weights_ids:
+                self.trial.weights_ids.append(command.weights_id)
 
     def on_plan(self, plan: Any) -> None:
         """The model's uncertainty about each action it chose: the Q-ensemble's std at the
@@ -310,6 +322,8 @@ class TrialSupervisor(Node):
                 self.end_trial(EpisodeEvent.REASON_ABORTED,
                                "aborted by the operator" + (f": {detail}" if detail else ""))
             if not self.results:
+                self.ended = "aborted by the operator"
+                self.write_summary(complete=False)
                 raise SystemExit(0)
             self.finishing_since = time.monotonic()
 
@@ -321,14 +335,11 @@ class TrialSupervisor(Node):
         self.results.append({"trial": trial.number, "episode_id": trial.episode_id,
                              "success": trial.success, "return": round(trial.episode_return, 4),
                              "steps": trial.steps, "weights_version": trial.weights_version,
+                             "weights": trial.weights_ids,
                              "seconds": round(seconds, 2), "reason": reason, "detail": detail,
                              "q_std": round(sum(trial.uncertainty) / len(trial.uncertainty), 5)
                              if trial.uncertainty else None})
-        successes = sum(result["success"] for result in self.results)
-        print(f"trial {trial.number:>3}/{self.params.trials} | success {int(trial.success)} | "
-              f"return {trial.episode_return:6.2f} | steps {trial.steps:>2} | weights "
-              f"v{trial.weights_version} | {seconds:5.1f} s | successes so far {successes}/"
-              f"{len(self.results)}" + (f" | ended: {detail}" if detail else ""), flush=True)
+        self.unreported.append((self.results[-1], time.monotonic()))
         self.write_summary(complete=False)  # a run killed later still leaves what it did
         self.trial = None
         self.ready_since = None
@@ -336,6 +347,36 @@ class TrialSupervisor(Node):
         if len(self.results) >= self.params.trials or self.aborted:
             self.finishing_since = time.monotonic()  # tick() finishes once all is recorded
         # else tick() starts the next trial once the graph is whole again
+
+    def recorded_steps(self, episode_id: str) -> int:
+        return sum(episode == episode_id for episode, _ in self.recorded)
+
+    def report_trials(self, force: bool = False) -> None:
+        """Print each ended trial's line once the recorder has its steps (or has had time to),
+        saying so when it kept fewer than the robot executed."""
+        while self.unreported:
+            result, ended_at = self.unreported[0]
+            recorded = self.recorded_steps(result["episode_id"])
+            if not (force or recorded >= result["steps"]
+                    or time.monotonic() - ended_at > RECORD_WAIT_S):
+                return
+            self.unreported.pop(0)
+            number = result["trial"]
+            successes = sum(r["success"] for r in self.results if r["trial"] <= number)
+            weights = (result["weights"][-1] if result["weights"]
+                       else f"v{result['weights_version']}")
+            lost = (f" | RECORDED {recorded} OF {result['steps']} STEPS"
+                    if recorded != result["steps"] else "")
+            print(f"trial {number:>3}/{self.params.trials} | success {int(result['success'])} | "
+                  f"return {result['return']:6.2f} | steps {result['steps']:>2}{lost} | "
+                  f"weights {weights} | {result['seconds']:5.1f} s | successes so far "
+                  f"{successes}/{number}"
+                  + (f" | ended: {result['detail']}" if result["detail"] else ""), flush=True)
+            if lost:
+                self.get_logger().error(f"trial {number}: the recorder kept {recorded} of its "
+                                        f"{result['steps']} steps (the replay recorder's log "
+                                        "says which and why)")
+            self.write_summary(complete=False)
 
     def publish_event(self, kind: int, reason: int, detail: str) -> None:
         trial = self.trial
@@ -356,20 +397,30 @@ class TrialSupervisor(Node):
     # --- the end -------------------------------------------------------------------------------
 
     def write_summary(self, complete: bool) -> dict[str, Any]:
-        """``summary.json`` with every trial so far; ``complete`` once the run has ended."""
+        """``summary.json`` with every trial so far; ``complete`` once all trials are done (or
+        aborted), ``ended`` saying how the run ended when it has."""
         for result in self.results:  # a gap (the recorder was down) shows in the summary
-            result["recorded_steps"] = sum(episode == result["episode_id"]
-                                           for episode, _ in self.recorded)
+            result["recorded_steps"] = self.recorded_steps(result["episode_id"])
+            result["steps_not_recorded"] = result["steps"] - result["recorded_steps"]
         run_dir = Path(self.params.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         successes = sum(result["success"] for result in self.results)
+        trial = self.trial
         summary = {"task": self.spec.name, "variant": self.params.variant,
                    "backend": self.params.backend, "complete": complete,
+                   "ended": self.ended or ("finished" if complete else "running"),
                    "trials": len(self.results), "aborted": self.aborted, "successes": successes,
-                   "success_rate": successes / len(self.results),
+                   "success_rate": successes / len(self.results) if self.results else 0.0,
+                   "steps_not_recorded": sum(r["steps_not_recorded"] for r in self.results),
+                   "unfinished_trial": None if trial is None else {
+                       "trial": trial.number, "episode_id": trial.episode_id,
+                       "steps": trial.steps,
+                       "recorded_steps": self.recorded_steps(trial.episode_id)},
                    "first_half_success": _rate(self.results[: len(self.results) // 2]),
                    "second_half_success": _rate(self.results[len(self.results) // 2:]),
                    "weights_versions_used": sorted({r["weights_version"] for r in self.results}),
+                   "weights_used": list(dict.fromkeys(w for r in self.results
+                                                      for w in r["weights"])),
                    "minutes": round((time.monotonic() - self.started) / 60, 2),
                    "results": self.results}
         temporary = run_dir / "summary.json.tmp"
@@ -378,6 +429,8 @@ class TrialSupervisor(Node):
         return summary
 
     def finish(self) -> None:
+        self.report_trials(force=True)
+        self.ended = "aborted by the operator" if self.aborted else "finished"
         summary = self.write_summary(complete=True)
         successes = summary["successes"]
         run_dir = Path(self.params.run_dir)
@@ -389,7 +442,21 @@ class TrialSupervisor(Node):
               f"{summary['second_half_success']:.0%}); weights versions used "
               f"{summary['weights_versions_used']}; {summary['minutes']} min\n"
               f"  {run_dir / 'summary.json'}\n  {plot}", flush=True)
+        if summary["steps_not_recorded"]:
+            print(f"  WARNING: {summary['steps_not_recorded']} executed steps were not "
+                  "recorded (summary.json says in which trials)", flush=True)
         raise SystemExit(0)
+
+    def close(self) -> None:
+        """Called on the way out, however the node stops: the summary says what was done."""
+        if self.ended:
+            return  # finish() or a start-up failure wrote it already
+        self.report_trials(force=True)
+        self.ended = "interrupted (Ctrl-C, or the launcher stopped the graph)"
+        try:
+            self.write_summary(complete=False)
+        except OSError as error:
+            print(f"cannot write the summary: {error}", flush=True)
 
     def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
         trial = self.trial

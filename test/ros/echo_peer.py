@@ -29,13 +29,14 @@ def main() -> None:
     refused = node.create_publisher(String, "/tdmpc_test/refused", LATCHED)
 
     def report(message: object, error: Exception) -> None:
+        node.get_logger().warning(f"refused a {type(message).__name__}: {error}")
         refused.publish(String(data=f"{type(message).__name__}: {error}"))
 
     for type_name in sys.argv[1:]:
         message_type = getattr(tdmpc_ros.msg, type_name)
         echo = node.create_publisher(message_type, f"/tdmpc_test/{type_name}/echo", LATCHED)
         node.create_subscription(message_type, f"/tdmpc_test/{type_name}",
-                                 checked_callback(echo.publish, node.get_logger(), report),
+                                 checked_callback(echo.publish, report),
                                  RELIABLE)
     print("READY", flush=True)
     try:

@@ -42,6 +42,22 @@ def listen(node: Node, name: str, sink: list) -> None:
     node.create_subscription(topic.message_class(), name, sink.append, topic.profile())
 
 
+def diagnostics_of(node: Node, of: str) -> dict[str, str]:
+    """The latest diagnostics values of the node whose name ends with ``of`` (kept updated)."""
+    from tdmpc_ros import graph
+
+    values: dict[str, str] = {}
+
+    def receive(array) -> None:
+        for status in array.status:
+            if status.name.endswith(of):
+                values.update({item.key: item.value for item in status.values})
+
+    topic = graph.topic("/diagnostics")
+    node.create_subscription(topic.message_class(), topic.name, receive, topic.profile())
+    return values
+
+
 def graph_publisher(node: Node, name: str):
     """A publisher on graph topic ``name`` with the graph's own QoS."""
     from tdmpc_ros import graph

@@ -66,12 +66,14 @@ def _stub_launch_modules(share: Path) -> dict[str, types.ModuleType]:
     """launch, launch_ros and ament_index_python cannot be installed here: minimal stand-ins
     that record what the launch file builds (a lab's install runs the real ones)."""
     modules = {}
-    for name in ("launch", "launch.actions", "launch.substitutions", "launch_ros",
-                 "launch_ros.actions", "ament_index_python", "ament_index_python.packages"):
+    for name in ("launch", "launch.actions", "launch.substitutions", "launch.event_handlers",
+                 "launch_ros", "launch_ros.actions", "ament_index_python",
+                 "ament_index_python.packages"):
         modules[name] = types.ModuleType(name)
     modules["launch"].LaunchDescription = _Recorder
-    for name in ("DeclareLaunchArgument", "OpaqueFunction", "Shutdown"):
+    for name in ("DeclareLaunchArgument", "OpaqueFunction", "Shutdown", "RegisterEventHandler"):
         setattr(modules["launch.actions"], name, type(name, (_Recorder,), {}))
+    modules["launch.event_handlers"].OnProcessExit = type("OnProcessExit", (_Recorder,), {})
     modules["launch_ros.actions"].Node = type("Node", (_Recorder,), {})
 
     class LaunchConfiguration(_Recorder):
@@ -100,17 +102,35 @@ def test_the_ros2_launch_file_builds_the_graph(monkeypatch) -> None:
 
     context = {**graph.launch_argument_defaults(), "trials": "7", "rviz": "true",
                "camera_serial": "825312070233"}
-    nodes = actions[-1].kwargs["function"](context)
-    assert nodes[0].kwargs["executable"] == "rviz2"
-    by_name = {node.kwargs["name"]: node.kwargs for node in nodes[1:]}
+    entities = actions[-1].kwargs["function"](context)
+    assert entities[0].kwargs["executable"] == "rviz2"
+    nodes, handlers = entities[1::2], entities[2::2]
+    by_name = {node.kwargs["name"]: node.kwargs for node in nodes}
     assert list(by_name) == [node.name for node in graph.NODES]
-    for node in graph.NODES:
+    for node, handler in zip(graph.NODES, handlers, strict=True):
         kwargs = by_name[node.name]
         assert kwargs["executable"] == node.executable
         yaml_file, overrides = kwargs["parameters"]
         assert Path(yaml_file).exists()
         assert set(overrides) == set(graph.node_parameters(node, context))
-        assert (kwargs["on_exit"] is not None) == node.required
+        assert kwargs["respawn"] == node.respawn
+        if node.respawn:
+            assert kwargs["respawn_max_retries"] == graph.RESPAWN_MAX
+        # the exit policy: what a process exit with each code leads to
+        [on_exit] = handler.args
+        assert on_exit.kwargs["target_action"].kwargs is kwargs
+        decide = on_exit.kwargs["on_exit"]
+        event = types.SimpleNamespace(returncode=-9)
+        if node.required:
+            assert type(decide(types.SimpleNamespace(returncode=0), None)[0]).__name__ \
+                == "Shutdown"
+        elif node.respawn:  # launch_ros restarts it RESPAWN_MAX times, then the graph stops
+            assert all(decide(event, None) == [] for _ in range(graph.RESPAWN_MAX))
+            [stop] = decide(event, None)
+            assert f"failed {graph.RESPAWN_MAX + 1} times" in stop.kwargs["reason"]
+        else:  # a failure stops the graph at once
+            [stop] = decide(event, None)
+            assert stop.kwargs["reason"] == f"{node.name} failed (exit code -9)"
     assert by_name["trial_supervisor"]["parameters"][1]["trials"] == 7  # typed, as with -p
     assert by_name["planner"]["parameters"][1]["checkpoint"] == ""
     # A RealSense serial is all digits, and stays text (YAML would make it a number).

@@ -18,7 +18,15 @@ from tdmpc_ros.core.episodes import load_episodes
 from tdmpc_ros.launcher import parse_arguments
 from tdmpc_ros.msg import ActionCommand, EpisodeEvent, RobotState, WorldState
 
-from rostest import NodeGroup, graph_publisher, node_command, ros_node, spin_until
+from rostest import (
+    NodeGroup,
+    diagnostics_of,
+    graph_publisher,
+    listen,
+    node_command,
+    ros_node,
+    spin_until,
+)
 
 STEPS = 12
 
@@ -55,8 +63,8 @@ def test_late_actions_and_reordered_observations_lose_no_step(ros_env, tmp_path:
         publishers = {name: graph_publisher(node, name) for name in
                       ("robot/state", "world/state", "robot/action", "trial/events")}
         transitions: list = []
-        from rostest import listen
         listen(node, "replay/transitions", transitions)
+        diagnostics = diagnostics_of(node, "replay_recorder")
         spin_until(executor, lambda: all(p.get_subscription_count() > 0
                                          for p in publishers.values()), 60, "the recorder")
         time.sleep(1.0)  # let both directions of discovery settle
@@ -93,6 +101,8 @@ def test_late_actions_and_reordered_observations_lose_no_step(ros_env, tmp_path:
         spin_until(executor, lambda: (store / f"{episode_id}.npz").exists(), 30,
                    f"the episode file; recorder log:\n{group.log('replay_recorder')}")
         spin_until(executor, lambda: len(transitions) >= STEPS, 10, "every transition")
+        spin_until(executor, lambda: int(diagnostics.get("refused action (size)", 0)) >= STEPS,
+                   10, "the refusals in the recorder's diagnostics")
         log = group.log("replay_recorder")
         assert group.processes["replay_recorder"].poll() is None, log  # still running
 
@@ -104,5 +114,110 @@ def test_late_actions_and_reordered_observations_lose_no_step(ros_env, tmp_path:
     np.testing.assert_allclose(episode.observations["proprio"][:, 0],
                                0.35 + 0.01 * np.arange(STEPS + 1), atol=1e-6)
     assert sorted(t.step for t in transitions) == list(range(STEPS))
-    assert log.count("refused action") == STEPS, log  # every malformed one, said out loud
-    assert "no action seen" not in log and "not recorded" not in log, log
+    # every malformed one refused and counted; the first said out loud (repeats are merged)
+    assert "refused action (size)" in log, log
+    assert int(diagnostics["refused action (size)"]) == STEPS, diagnostics
+    assert "never came" not in log and "lost" not in log, log
+
+
+def _recorder_session(tmp_path: Path, ros_env: dict[str, str]):
+    arguments = parse_arguments(["task:=reach", f"run_dir:={tmp_path}", "backend:=sim"])
+    commands = {"replay_recorder": node_command("replay_recorder", arguments,
+                                                {"record_images": "false"})}
+    return NodeGroup(commands, ros_env, tmp_path)
+
+
+def _connect(node, executor) -> dict:
+    publishers = {name: graph_publisher(node, name) for name in
+                  ("robot/state", "world/state", "robot/action", "trial/events")}
+    spin_until(executor, lambda: all(p.get_subscription_count() > 0
+                                     for p in publishers.values()), 60, "the recorder")
+    time.sleep(1.0)  # let both directions of discovery settle
+    return publishers
+
+
+def test_any_interleaving_of_an_episodes_messages_records_every_step(ros_env, tmp_path):
+    """All messages of an episode (observations, actions, in every stream) in a random order,
+    across and within streams; three orders, one episode each."""
+    store = tmp_path / "episodes"
+    with _recorder_session(tmp_path, ros_env) as group, \
+            ros_node("interleave_test", ros_env) as (node, executor):
+        publishers = _connect(node, executor)
+        transitions: list = []
+        listen(node, "replay/transitions", transitions)
+        for seed in range(3):
+            episode_id = f"shuffle-{seed}"
+            publishers["trial/events"].publish(EpisodeEvent(
+                event=EpisodeEvent.START, episode_id=episode_id, task="reach", trial=seed + 1,
+                length=STEPS))
+            messages = []
+            for step in range(STEPS + 1):
+                robot, world = _observation(node, episode_id, step)
+                messages += [("robot/state", robot), ("world/state", world)]
+                if step < STEPS:
+                    messages.append(("robot/action",
+                                     _action(node, episode_id, step, [0.01 * step, 0, 0, 1])))
+            for index in np.random.default_rng(seed).permutation(len(messages)):
+                publishers[messages[index][0]].publish(messages[index][1])
+                executor.spin_once(timeout_sec=0.005)
+            publishers["trial/events"].publish(EpisodeEvent(
+                event=EpisodeEvent.END, episode_id=episode_id, task="reach", trial=seed + 1,
+                length=STEPS, reason=EpisodeEvent.REASON_TIME_LIMIT))
+            spin_until(executor, lambda e=episode_id: (store / f"{e}.npz").exists(), 30,
+                       f"{episode_id}; recorder log:\n{group.log('replay_recorder')}")
+        spin_until(executor, lambda: len(transitions) >= 3 * STEPS, 10, "every transition")
+        log = group.log("replay_recorder")
+    episodes = {e.episode_id: e for e in load_episodes(store)}
+    for seed in range(3):
+        episode = episodes[f"shuffle-{seed}"]
+        assert episode.length == STEPS, log
+        np.testing.assert_allclose(episode.actions[:, 0], 0.01 * np.arange(STEPS), atol=1e-6)
+        np.testing.assert_allclose(episode.observations["proprio"][:, 0],
+                                   0.35 + 0.01 * np.arange(STEPS + 1), atol=1e-6)
+    keys = [(t.episode_id, t.step) for t in transitions]
+    assert len(keys) == len(set(keys)) == 3 * STEPS
+    assert "lost" not in log, log
+
+
+def test_a_step_that_never_comes_splits_the_episode_and_keeps_the_rest(ros_env, tmp_path):
+    """The action of step 4 is never sent: steps 0..3 are kept as the episode, the transition
+    of step 4 is lost (loudly), and steps 5.. are kept as <id>+005, without waiting for the
+    episode's end."""
+    store = tmp_path / "episodes"
+    episode_id = "gap-000001"
+    with _recorder_session(tmp_path, ros_env) as group, \
+            ros_node("gap_test", ros_env) as (node, executor):
+        publishers = _connect(node, executor)
+        transitions: list = []
+        listen(node, "replay/transitions", transitions)
+        diagnostics = diagnostics_of(node, "replay_recorder")
+        publishers["trial/events"].publish(EpisodeEvent(
+            event=EpisodeEvent.START, episode_id=episode_id, task="reach", trial=1,
+            length=STEPS))
+        for step in range(STEPS + 1):
+            robot, world = _observation(node, episode_id, step)
+            publishers["world/state"].publish(world)
+            publishers["robot/state"].publish(robot)
+            if step < STEPS and step != 4:
+                publishers["robot/action"].publish(_action(node, episode_id, step,
+                                                           [0.01 * step, 0, 0, 1]))
+            executor.spin_once(timeout_sec=0.01)
+        # no END yet: the split comes from the bounded wait alone
+        spin_until(executor, lambda: len(transitions) >= STEPS - 1, 30,
+                   f"the steps after the gap; recorder log:\n{group.log('replay_recorder')}")
+        assert (store / f"{episode_id}.npz").exists()  # the part before the gap, closed
+        publishers["trial/events"].publish(EpisodeEvent(
+            event=EpisodeEvent.END, episode_id=episode_id, task="reach", trial=1, length=STEPS,
+            reason=EpisodeEvent.REASON_TIME_LIMIT))
+        spin_until(executor, lambda: (store / f"{episode_id}+005.npz").exists(), 30,
+                   "the part after the gap")
+        spin_until(executor, lambda: diagnostics.get("steps_lost") == "1", 10,
+                   "the lost step in the diagnostics")
+        log = group.log("replay_recorder")
+        assert group.processes["replay_recorder"].poll() is None, log
+    parts = sorted(load_episodes(store), key=lambda e: e.extras["first_step"])
+    assert [(e.episode_id, e.extras["first_step"], e.length) for e in parts] == [
+        (episode_id, 0, 4), (episode_id, 5, STEPS - 5)], log
+    np.testing.assert_allclose(parts[1].actions[:, 0], 0.01 * np.arange(5, STEPS), atol=1e-6)
+    assert sorted(t.step for t in transitions) == [s for s in range(STEPS) if s != 4]
+    assert "step 4 never came complete (its action is missing" in log, log

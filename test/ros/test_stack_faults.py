@@ -96,7 +96,7 @@ def test_driver_refuses_bad_actions_keeps_to_the_workspace_and_stops(ros_env, tm
                                              [1.0, 1.0, 1.0, 1.0]))
         spin_until(executor, lambda: refused("episode_over") >= 1, 30,
                    "the refusal after the episode's last step")
-        assert refused("malformed") == 2 and refused("invalid") == 1
+        assert refused("malformed") == 2 and refused("invalid") == 1, group.log("robot_driver")
         assert int(diagnostics["executed"]) == spec.episode_length
         low, high = np.array(spec.workspace.low), np.array(spec.workspace.high)
         for state in states:
