@@ -171,6 +171,8 @@ class Planner(Node):
             self.agent.load_weights(bytes(message.payload))
         except (CheckpointError, ValueError, RuntimeError) as error:
             self.on_bad_weights(message, error)
+            self.refuse("learner/weights (not a model that fits)",
+                        f"{name}: {error}; keeping {self.weights_id}")
             return
         self.agent.model.weights_version = int(message.version)
         self.weights_run_id, self.weights_sha, self.weights_id = message.run_id, sha, name
@@ -185,10 +187,9 @@ class Planner(Node):
                                f"{message.learner_step})")
 
     def on_bad_weights(self, message: Any, error: Exception) -> None:
+        """Counted for the diagnostics (the refusal itself is logged where it is made)."""
         self.weights_refused += 1
         self.last_weights_error = f"version {getattr(message, 'version', '?')}: {error}"
-        self.get_logger().error(f"refused weights {self.last_weights_error}; keeping "
-                                f"{self.weights_id}")
 
     # --- planning ------------------------------------------------------------------------------
 

@@ -261,12 +261,13 @@ class ReplayRecorder(Node):
     def _finish_ended(self) -> None:
         now = time.monotonic()
         for episode_id, (length, since) in list(self.ending.items()):
+            # An END can overtake every step of a short episode: not begun is not done.
             running = self.running.get(episode_id)
-            recorded = running.first_step + running.steps if running else length
+            recorded = running.first_step + running.steps if running else 0
             if recorded < length and now - since > ENDING_GRACE_S:
                 while self._split(episode_id):  # the steps after a gap are kept
                     running = self.running[episode_id]
-                recorded = running.first_step + running.steps if running else length
+                recorded = running.first_step + running.steps if running else 0
             if recorded >= length or now - since > ENDING_GRACE_S:
                 del self.ending[episode_id]
                 self.ended.add(episode_id)

@@ -186,6 +186,91 @@ def test_planner_refuses_bad_weights_keeps_planning_and_takes_good_ones(ros_env,
         assert group.processes["planner"].poll() is None
 
 
+def _weights_variant(seed: int, scale: float = 1e-3) -> bytes:
+    """The shipped model's actor weights, nudged by ``seed``: weights a learner might send."""
+    model = checkpoint.load(MODEL).model
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return checkpoint.to_bytes(model, actor_only=True)
+
+
+def _zeroed_weights() -> bytes:
+    model = checkpoint.load(MODEL).model
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    return checkpoint.to_bytes(model, actor_only=True)
+
+
+def test_no_single_weights_message_can_hijack_the_planner(ros_env, tmp_path):
+    """A forged huge version, zeroed weights under a new run id, a replayed old version: none
+    stops the planner taking the learner's next weights, and each is logged and counted."""
+    arguments = parse_arguments(["task:=reach", f"run_dir:={tmp_path}", "device:=cpu"])
+    group = NodeGroup({"planner": node_command("planner", arguments)}, ros_env, tmp_path)
+    with group, ros_node("planner_hijack", ros_env) as (node, executor):
+        actions: list[ActionCommand] = []
+        listen(node, "robot/action", actions)
+        diagnostics = _diagnostics(node, "planner")
+        out = _endpoints(node, ["robot/state", "world/state", "learner/weights"])
+        spin_until(executor, lambda: all(p.get_subscription_count() for p in out.values()), 90,
+                   "the planner's subscriptions")
+        steps = iter(range(1000))
+
+        def planned_with() -> tuple[int, str]:
+            step = next(steps)
+            stamp = node.get_clock().now().to_msg()
+            world = WorldState(episode_id="ep-h", step=step, has_target=True)
+            world.header.stamp = stamp
+            world.target_position.x, world.target_position.z = 0.45, 0.15
+            robot = RobotState(episode_id="ep-h", step=step % 20, state=RobotState.STATE_READY,
+                               gripper_opening=1.0)
+            robot.header.stamp = stamp
+            robot.ee_pose.position.x, robot.ee_pose.position.z = 0.35, 0.2
+            robot.ee_pose.orientation.w = 1.0
+            count = len(actions)
+            out["world/state"].publish(world)
+            out["robot/state"].publish(robot)
+            spin_until(executor, lambda: len(actions) > count, 60, f"a plan for step {step}")
+            return actions[-1].weights_version, actions[-1].weights_id
+
+        def send(message: ModelWeights, until) -> None:
+            out["learner/weights"].publish(message)
+            spin_until(executor, until, 30, f"the planner's answer to {message.run_id} "
+                       f"v{message.version}:\n{group.log('planner')}")
+
+        def count(key: str) -> int:
+            return int(diagnostics.get(key, 0))
+
+        real = {version: _payload(_weights_variant(version), version, run_id="lab-run")
+                for version in (1, 2, 3)}
+        send(real[1], lambda: count("weights_taken") >= 1)
+        assert planned_with() == (1, f"lab-run:v1:{real[1].sha256[:8]}")
+        # A forged version 2^62 under the learner's run id: taken (nothing tells it from the
+        # learner's), but flagged; the learner's real v2 still replaces it.
+        send(_payload(_weights_variant(99), 2**62, run_id="lab-run"),
+             lambda: count("weights_taken") >= 2)
+        assert count("weights_discontinuities") == 1
+        send(real[2], lambda: count("weights_taken") >= 3)
+        assert planned_with() == (2, f"lab-run:v2:{real[2].sha256[:8]}")
+        assert count("weights_discontinuities") == 2  # 2 does not follow on from 2^62 either
+        # Zeroed weights under a new run id: refused, not a model.
+        send(_payload(_zeroed_weights(), 1, run_id="intruder"),
+             lambda: count("weights_refused") >= 1)
+        assert "every weight matrix" in diagnostics["last_weights_error"]
+        assert planned_with()[1] == f"lab-run:v2:{real[2].sha256[:8]}"
+        # The learner's v1 replayed: refused, the planner keeps v2.
+        send(real[1], lambda: count("refused learner/weights (replayed)") >= 1)
+        assert planned_with()[0] == 2
+        send(real[3], lambda: count("weights_taken") >= 4)
+        assert planned_with() == (3, f"lab-run:v3:{real[3].sha256[:8]}")
+        log = group.log("planner")
+        assert "do not follow on: version 4611686018427387904 does not follow on from 1" in log
+        assert "refused learner/weights (replayed): lab-run:v1:" in log
+        assert group.processes["planner"].poll() is None
+
+
 def test_killed_recorder_and_learner_come_back_and_lose_nothing_recorded(ros_env, tmp_path,
                                                                         monkeypatch):
     monkeypatch.chdir(REPO)
