@@ -161,6 +161,9 @@ class NodeSpec:
     description: str
     required: bool = False  # when it exits, the whole graph stops (it ends the run)
     respawn: bool = False  # when it dies, it is started again (it resumes where it was)
+    subscribes: tuple[str, ...] = ()  # topics it may read (some only in some set-ups)
+    publishes: tuple[str, ...] = ()  # topics it may write
+    services: tuple[str, ...] = ()  # services it offers
 
 
 # Respawn (both launchers): the first restart after RESPAWN_DELAY_S; the project's launcher
@@ -177,25 +180,46 @@ CONFIG_ERROR_EXIT = 2  # a node's exit code for a wrong parameter: restarting ca
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec("camera", "camera_node", "tdmpc_ros.nodes.camera", "camera.yaml",
              "publishes the model's camera frames from the simulator, a RealSense or a USB "
-             "camera"),
+             "camera",
+             subscribes=("world/state",),  # the simulated camera renders the simulated world
+             publishes=("camera/image_raw", "camera/camera_info", "camera/depth/image_raw",
+                        "/diagnostics")),
     NodeSpec("robot_driver", "robot_driver_node", "tdmpc_ros.nodes.robot_driver",
              "robot_driver.yaml",
              "moves the arm (MuJoCo, Gazebo or the real xArm) within the workspace and safety "
-             "limits"),
+             "limits",
+             subscribes=("robot/action", "trial/events", "robot/emergency_stop"),
+             publishes=("robot/state", "world/state", "/diagnostics"),
+             services=("robot/emergency_stop",)),
     NodeSpec("planner", "planner_node", "tdmpc_ros.nodes.planner", "planner.yaml",
-             "plans each action with the world model and uncertainty-regularised MPPI"),
+             "plans each action with the world model and uncertainty-regularised MPPI",
+             subscribes=("robot/state", "world/state", "camera/image_raw", "learner/weights"),
+             publishes=("robot/action", "planner/plan", "planner/plan_markers",
+                        "/diagnostics")),
     NodeSpec("replay_recorder", "replay_recorder_node", "tdmpc_ros.nodes.replay_recorder",
              "replay_recorder.yaml",
              "records every step to the episode store and publishes transitions",
-             respawn=True),
+             respawn=True,
+             subscribes=("robot/state", "world/state", "camera/image_raw", "robot/action",
+                         "trial/events"),
+             publishes=("replay/transitions", "/diagnostics")),
     NodeSpec("learner", "learner_node", "tdmpc_ros.nodes.learner", "learner.yaml",
              "finetunes the world model with balanced offline/online sampling, publishes weights",
-             respawn=True),
+             respawn=True, subscribes=("replay/transitions",),
+             publishes=("learner/weights", "/diagnostics")),
     NodeSpec("trial_supervisor", "trial_supervisor_node", "tdmpc_ros.nodes.trial_supervisor",
              "trial_supervisor.yaml",
              "rewards, success, episode ends, resets, trial count and progress",
-             required=True),
+             required=True,
+             subscribes=("robot/state", "world/state", "robot/action", "planner/plan",
+                         "replay/transitions", "trial/operator", "/diagnostics"),
+             publishes=("trial/events", "/diagnostics")),
 )
+# Not launched (it needs the operator's terminal), but part of the graph.
+OPERATOR_CONSOLE = NodeSpec("operator_console", "operator_console",
+                            "tdmpc_ros.nodes.operator_console", "",
+                            "the operator's success / failure marks, pause, resume and abort",
+                            subscribes=("trial/events",), publishes=("trial/operator",))
 
 
 @dataclass(frozen=True)

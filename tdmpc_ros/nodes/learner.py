@@ -254,6 +254,8 @@ class Learner(Node):
         if self.trainer.is_alive():
             self.trainer.join(timeout=10)
             self.save_checkpoint()
+        self.get_logger().info(f"stopping: {self.online_steps} online steps in the buffer, "
+                               f"{self.updates} updates, weights v{self.version}")
 
 
 def main() -> None:

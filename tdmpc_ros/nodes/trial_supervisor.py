@@ -237,6 +237,7 @@ class TrialSupervisor(Node):
         now = time.monotonic()
         self.trial = Trial(number, episode_id, now, last_step_time=now)
         self.publish_event(EpisodeEvent.START, EpisodeEvent.REASON_NONE, "")
+        self.write_summary(complete=False)  # from the first trial on, a summary is there
 
     def on_action(self, command: ActionCommand) -> None:
         if self.trial is not None and command.episode_id == self.trial.episode_id:

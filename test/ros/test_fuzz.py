@@ -280,6 +280,18 @@ def test_every_node_survives_every_malformed_message(ros_env, tmp_path, monkeypa
                    and all(diagnostics[name] for name in commands), 120,
                    "every node's subscriptions and diagnostics")
 
+        # What each node really reads and writes is what graph.py declares (and the SROS2
+        # policy grants, tdmpc_ros/security.py).
+        common = {"/rosout", "/parameter_events"}
+        for spec in graph.NODES:
+            reads = {name for name, _ in node.get_subscriber_names_and_types_by_node(
+                spec.name, "/")} - common
+            writes = {name for name, _ in node.get_publisher_names_and_types_by_node(
+                spec.name, "/")} - common
+            declared = {f"/{t.lstrip('/')}" for t in spec.subscribes}
+            assert reads and reads <= declared, (spec.name, reads - declared)
+            assert writes <= {f"/{t.lstrip('/')}" for t in spec.publishes}, (spec.name, writes)
+
         for case in CASES:
             before = {name: _refusals(diagnostics[name]) for name in case.refused_by}
             out[case.topic].publish(case.message())

@@ -165,3 +165,32 @@ def test_text_parameters_stay_text_on_the_launchers_command_line(ros_env) -> Non
     assert result.stdout.strip() == "'0123'", result.stderr
     driver = next(p.command for p in node_processes(arguments) if p.name == "robot_driver")
     assert 'robot_ip:="10.0.0.2"' in driver
+
+
+def test_the_sros2_policy_lets_each_node_use_only_its_own_topics() -> None:
+    from xml.etree import ElementTree
+
+    from tdmpc_ros import security
+
+    root = ElementTree.fromstring(security.policy(namespace="arm1"))
+    rules: dict[str, dict[str, set[str]]] = {}
+    for enclave in root.iter("enclave"):
+        [profile] = enclave.iter("profile")
+        assert enclave.get("path") == f"/arm1/{profile.get('node')}"
+        rules[profile.get("node")] = {
+            rule: {topic.text for block in profile.iter("topics") if block.get(rule)
+                   for topic in block.iter("topic")} for rule in ("publish", "subscribe")}
+    assert set(rules) == {node.name for node in graph.NODES} | {"operator_console"}
+
+    def writers(topic: str) -> set[str]:
+        return {name for name, rule in rules.items() if topic in rule["publish"]}
+
+    # The streams that move the arm or change the model have one writer each.
+    assert writers("/arm1/robot/action") == {"planner"}
+    assert writers("/arm1/learner/weights") == {"learner"}
+    assert writers("/arm1/trial/events") == {"trial_supervisor"}
+    assert writers("/arm1/trial/operator") == {"operator_console"}
+    assert "/arm1/robot/action" in rules["robot_driver"]["subscribe"]
+    assert "/diagnostics" in rules["trial_supervisor"]["subscribe"]  # absolute, not namespaced
+    for node in graph.NODES:  # every topic a node names is in the graph
+        assert set(node.subscribes) | set(node.publishes) <= set(graph.TOPICS), node.name

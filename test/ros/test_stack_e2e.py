@@ -92,7 +92,10 @@ def test_the_stack_runs_trials_records_every_step_once_and_swaps_weights(ros_env
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["trials"] == 3 and [r["steps"] for r in summary["results"]] == [6, 6, 6]
-    assert summary["complete"]
+    assert summary["complete"] and summary["ended"] == "finished"
+    # the supervisor's own count: every executed step of every trial reached the recorder
+    assert [r["recorded_steps"] for r in summary["results"]] == [6, 6, 6], summary
+    assert summary["steps_not_recorded"] == 0
     assert (run_dir / "trials.png").stat().st_size > 10_000
     # Each trial's mean uncertainty about the actions taken, from the planner's plans.
     assert all(r["q_std"] is not None and r["q_std"] >= 0 for r in summary["results"])
