@@ -14,6 +14,7 @@ counts the transitions it saw and the learner's online steps. Prints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -155,8 +156,10 @@ class StackRun:
 def make_dataset(task: str, directory: Path) -> Path:
     from tdmpc_ros.sim import datasets
 
-    if not directory.exists():
-        datasets.main(["--task", task, "--episodes", "3", "--out", str(directory), "--quiet"])
+    if not directory.exists():  # its report goes to stderr: stdout is the figures'
+        with contextlib.redirect_stdout(sys.stderr):
+            datasets.main(["--task", task, "--episodes", "3", "--out", str(directory),
+                           "--quiet"])
     return directory
 
 

@@ -221,3 +221,59 @@ def test_a_step_that_never_comes_splits_the_episode_and_keeps_the_rest(ros_env, 
     np.testing.assert_allclose(parts[1].actions[:, 0], 0.01 * np.arange(5, STEPS), atol=1e-6)
     assert sorted(t.step for t in transitions) == [s for s in range(STEPS) if s != 4]
     assert "step 4 never came complete (its action is missing" in log, log
+
+
+def test_every_interleaving_of_an_episode_records_every_step_once(tmp_path: Path) -> None:
+    """The recorder's join, called directly (no DDS): 300 random orders of all eleven messages
+    of a three-step episode (four robot states, four world states, three actions), each action
+    before or after any observation, each order its own episode. Every one is recorded whole,
+    each step with its own action and observation, and nothing is recorded twice."""
+    import rclpy
+
+    from tdmpc_ros.nodes.replay_recorder import ReplayRecorder
+
+    steps, orders = 3, 300
+    context_args = ["--ros-args", "-p", "task:=reach", "-p", "backend:=sim", "-p",
+                    f"store:={tmp_path / 'episodes'}", "-p", "record_images:=false", "-p",
+                    "max_image_skew_s:=0.0", "-p", "image_size:=84"]
+    rclpy.init(args=context_args)
+    try:
+        recorder = ReplayRecorder()
+        generator = np.random.default_rng(0)
+        for order in range(orders):
+            episode_id = f"order-{order:03d}"
+            messages = []
+            for step in range(steps + 1):
+                robot = RobotState(episode_id=episode_id, step=step,
+                                   state=RobotState.STATE_READY, backend="sim",
+                                   gripper_opening=1.0)
+                robot.header.stamp.sec, robot.header.stamp.nanosec = 1000 + order, step
+                robot.ee_pose.position.x, robot.ee_pose.position.z = 0.3 + 0.01 * step, 0.2
+                robot.ee_pose.orientation.w = 1.0
+                world = WorldState(episode_id=episode_id, step=step, has_target=True)
+                world.header.stamp = robot.header.stamp
+                world.target_position.x = 0.4
+                messages += [robot, world]
+                if step < steps:
+                    messages.append(ActionCommand(episode_id=episode_id, step=step,
+                                                  action=[0.1 * step, 0.0, 0.0, 1.0]))
+            for index in generator.permutation(len(messages)):
+                message = messages[index]
+                if isinstance(message, ActionCommand):
+                    recorder.on_action(message)
+                else:
+                    recorder.on_observation_part(message)
+            recorder.on_event(EpisodeEvent(event=EpisodeEvent.END, episode_id=episode_id,
+                                           task="reach", length=steps))
+        assert recorder.recorded == orders * steps and recorder.steps_lost == 0
+        assert not recorder.running and not any(recorder.pending.values())
+        recorder.destroy_node()
+    finally:
+        rclpy.shutdown()
+    episodes = load_episodes(tmp_path / "episodes")
+    assert len(episodes) == orders
+    for episode in episodes:
+        assert episode.length == steps and episode.extras["first_step"] == 0
+        np.testing.assert_allclose(episode.actions[:, 0], 0.1 * np.arange(steps), atol=1e-6)
+        np.testing.assert_allclose(episode.observations["proprio"][:, 0],
+                                   0.3 + 0.01 * np.arange(steps + 1), atol=1e-6)
