@@ -71,7 +71,19 @@ def pretrain(args: argparse.Namespace) -> int:
     spec = ModelSpec.from_episode(episodes[0])
     if env is not None:
         _check_compatible(spec_from_env(env), spec)
-    agent = Agent(config, spec)
+    saved = sorted((out / "checkpoints").glob("step_*.safetensors")) if args.resume else []
+    history: list[dict[str, Any]] = []
+    if saved:  # carry on from the run's newest checkpoint, optimiser state and all
+        agent = Agent.from_checkpoint(saved[-1], overrides=_overrides(args))
+        config = agent.config
+        if (out / "metrics.jsonl").exists():
+            history = [record for line in (out / "metrics.jsonl").read_text().splitlines()
+                       if (record := json.loads(line)).get("phase") == "pretrain"
+                       and record["step"] <= agent.learner.steps]
+        print(f"[pretrain] resuming {out} from {saved[-1].name} "
+              f"(update {agent.learner.steps})", flush=True)
+    else:
+        agent = Agent(config, spec)
     agent.replay.add_offline(episodes)
     _save_config(out, config, spec)
     print(f"[pretrain] {len(episodes)} episodes, {len(agent.replay.offline)} transitions, "
@@ -87,7 +99,8 @@ def pretrain(args: argparse.Namespace) -> int:
         if every and step % every < config.run.convergence_check_every:
             agent.save(out / "checkpoints" / f"step_{step:07d}.safetensors")
 
-    result = pretrain_until_converged(agent, episodes, progress=print, on_check=on_check)
+    result = pretrain_until_converged(agent, episodes, progress=print, on_check=on_check,
+                                      history=history)
     updates = result.updates
     final = agent.save(out / "latest.safetensors", pretrain_updates=updates,
                        value_converged=result.converged)
@@ -209,6 +222,8 @@ def _parser() -> argparse.ArgumentParser:
                           "stops earlier once the value check passes (run.convergence_*)")
     sub.add_argument("--eval-episodes", type=int, default=0, help="evaluate on --env at the end")
     sub.add_argument("--out", type=Path, help="run directory (default runs/pretrain-<time>)")
+    sub.add_argument("--resume", action="store_true",
+                     help="carry on from the newest checkpoint in --out (a stopped run)")
     sub.set_defaults(handler=pretrain)
 
     sub = commands.add_parser("finetune", help="online finetuning in a gymnasium env")

@@ -33,16 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tdmpc_ros.core.agent import Agent  # noqa: E402
 from tdmpc_ros.core.config import Config, fast_config  # noqa: E402
 from tdmpc_ros.core.episodes import Episode  # noqa: E402
-from tdmpc_ros.core.planner import resolve_precision  # noqa: E402
+from tdmpc_ros.core.planner import cpu_bf16_native, resolve_precision  # noqa: E402
 from tdmpc_ros.core.world_model import ModelSpec  # noqa: E402
 
 STATE_DIM, PROPRIO_DIM, ACTION_DIM = 16, 7, 4  # an xArm-like task
 
 
-def spec_for(input_kind: str) -> ModelSpec:
+def spec_for(input_kind: str, image_size: int = 84) -> ModelSpec:
     if input_kind == "state":
         return ModelSpec({"state": (STATE_DIM,)}, ACTION_DIM)
-    return ModelSpec({"pixels": (84, 84, 3), "proprio": (PROPRIO_DIM,)}, ACTION_DIM)
+    return ModelSpec({"pixels": (image_size, image_size, 3), "proprio": (PROPRIO_DIM,)},
+                     ACTION_DIM)
 
 
 def observation(spec: ModelSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -72,6 +73,7 @@ def settings(config: Config, input_kind: str, args: argparse.Namespace) -> Confi
                  "state" if input_kind == "state" else "pixels+proprio"}
     if args.precision:
         overrides["planner.precision"] = args.precision
+        overrides["learner.precision"] = args.precision
     return config.replace(**overrides)
 
 
@@ -98,9 +100,9 @@ def bench_plan(setting: str, input_kind: str, args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads(), "precision": precision}
 
 
-def bench_update(input_kind: str, args: argparse.Namespace) -> dict:
-    config = settings(Config(), input_kind, args)
-    spec = spec_for(input_kind)
+def bench_update(input_kind: str, args: argparse.Namespace, image_size: int = 84) -> dict:
+    config = settings(Config(), input_kind, args).replace(**{"model.image_size": image_size})
+    spec = spec_for(input_kind, image_size)
     agent = Agent(config, spec)
     rng = np.random.default_rng(0)
     agent.replay.add_offline([random_episode(spec, 25, i, rng) for i in range(20)])
@@ -115,9 +117,12 @@ def bench_update(input_kind: str, args: argparse.Namespace) -> dict:
         if agent.device.type == "cuda":
             torch.cuda.synchronize(agent.device)
         times.append(time.perf_counter() - start)
+    precision = str(agent.learner.dtype).split(".")[-1]
     return {"bench": "update", "input": input_kind, "batch": config.learner.batch_size,
+            "image_size": config.model.image_size if input_kind == "pixels" else None,
             "updates_per_s": round(1.0 / statistics.median(times), 2),
-            "device": str(agent.device), "threads": torch.get_num_threads()}
+            "device": str(agent.device), "threads": torch.get_num_threads(),
+            "precision": precision, "cpu_bf16": cpu_bf16_native() or "none"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             for input_kind in ("state", "pixels"):
                 print(json.dumps(bench_plan(setting, input_kind, args)), flush=True)
     if args.only != "plan":
-        for input_kind in ("state", "pixels"):
-            print(json.dumps(bench_update(input_kind, args)), flush=True)
+        print(json.dumps(bench_update("state", args)), flush=True)
+        for image_size in (84, 64):  # the paper's input size, and a smaller one
+            print(json.dumps(bench_update("pixels", args, image_size)), flush=True)
     return 0
 
 

@@ -114,15 +114,30 @@ class PlanSummary:
         return out
 
 
+def cpu_bf16_native() -> str:
+    """What makes this CPU multiply bfloat16 natively: "amx", "avx512_bf16", or "" (none)."""
+    if torch.cpu._is_amx_tile_supported():
+        return "amx"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "avx512_bf16"
+    return ""
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of the planning rollouts for config.planner.precision on ``device``."""
+    """The dtype of the planning rollouts and learner updates for a ``precision`` setting.
+
+    ``auto``: bfloat16 where the hardware multiplies it natively (CUDA from compute capability
+    8.0; a CPU with AMX or AVX512-BF16), float32 elsewhere. Measured on an AMD EPYC with
+    AVX512-BF16 and no AMX (2 threads, 2026-12-02): a paper-setting plan 464 ms in bfloat16 vs
+    687 ms in float32, state updates 6.0 vs 4.4 per s, pixel updates 1.25 vs 0.79 per s.
+    """
     if precision == "float32":
         return torch.float32
     if precision == "bfloat16":
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float32
-    if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
+    if device.type == "cpu" and cpu_bf16_native():
         return torch.bfloat16
     return torch.float32
 

@@ -104,19 +104,22 @@ class PretrainResult:
 
 def pretrain(agent: Any, offline: Sequence[Episode],
              progress: Callable[[str], None] | None = print,
-             on_check: Callable[[dict[str, float]], None] | None = None) -> PretrainResult:
+             on_check: Callable[[dict[str, float]], None] | None = None,
+             history: Sequence[dict[str, float]] = ()) -> PretrainResult:
     """Offline updates on ``agent``'s replay until the value check passes (see the module).
 
     ``agent`` is a ``core.agent.Agent`` whose replay already holds ``offline``; ``progress``
-    receives one line per check, ``on_check`` each record as it is made.
+    receives one line per check, ``on_check`` each record as it is made. A resumed run starts
+    at the agent's own update count, with the ``history`` of its earlier checks.
     """
     run = agent.config.run
     experts = expert_episodes(offline)
     cap, every = run.offline_updates, run.convergence_check_every
     needed = 1.0 - run.convergence_tolerance
-    history: list[dict[str, float]] = []
+    history = list(history)
     sums: dict[str, float] = {}
-    passed_in_a_row, step = 0, 0
+    passed_in_a_row, step = 0, agent.learner.steps
+    first = step
     started = last = time.perf_counter()
     while step < cap:
         metrics = agent.update()
@@ -134,7 +137,7 @@ def pretrain(agent: Any, offline: Sequence[Episode],
         sums, last = {}, now
         passed_in_a_row = passed_in_a_row + 1 if check["value_ratio"] >= needed else 0
         if progress is not None:
-            eta = (cap - step) / max(step / (now - started), 1e-9)
+            eta = (cap - step) / max((step - first) / (now - started), 1e-9)
             progress(f"[pretrain] {step}/{cap} | model {record.get('model_loss', 0):.4g} "
                      f"q {record.get('q_loss', 0):.4g} v {record.get('v_loss', 0):.4g} "
                      f"pi {record.get('pi_loss', 0):.4g} | Q/return on experts "

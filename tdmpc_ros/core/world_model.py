@@ -168,11 +168,12 @@ class PixelEncoder(nn.Module):
 
     def __init__(self, image_size: int, channels: int, latent_dim: int) -> None:
         super().__init__()
+        # in place: the first layer's activations of a batch are hundreds of MB on a CPU
         self.convs = nn.Sequential(
-            nn.Conv2d(3, channels, 7, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 5, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(3, channels, 7, stride=2), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 5, stride=2), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(inplace=True),
         )
         side = image_size
         for kernel in (7, 5, 3, 3):
@@ -184,7 +185,12 @@ class PixelEncoder(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         """pixels: uint8 (N, H, W, 3). The NCHW view of HWC data is channels-last already."""
-        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        device = pixels.device.type
+        # Straight to the dtype the convolutions run in: under bfloat16 autocast, a float32
+        # copy would only be cast again (uint8 values are exact in bfloat16).
+        dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                 else torch.float32)
+        x = pixels.permute(0, 3, 1, 2).to(dtype).mul_(1.0 / 255.0)
         return self.head(self.convs(x))
 
 

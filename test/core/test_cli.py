@@ -57,6 +57,26 @@ def test_pretrain_finetune_eval(tmp_path, capsys) -> None:
     assert result["episodes"] == 2 and -100 < result["return"] <= 0
 
 
+def test_a_stopped_pretraining_resumes_from_its_newest_checkpoint(tmp_path, capsys) -> None:
+    data = tmp_path / "data"
+    for episode in noisy_expert_dataset(4, noise=0.5, seed=0, max_steps=8):
+        save_episode(episode, data)
+    run = tmp_path / "pretrain"
+    every = ["--set", "run.checkpoint_every=5"]
+    assert cli.main(["pretrain", "--dataset", str(data), *ENV, "--updates", "5",
+                     "--out", str(run), *TINY, *every]) == 0
+    assert (run / "checkpoints" / "step_0000005.safetensors").exists()
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--dataset", str(data), *ENV, "--updates", "10", "--resume",
+                     "--out", str(run), *TINY, *every]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "from step_0000005.safetensors (update 5)" in out
+    assert "[pretrain] 10/10" in out and "[pretrain] 5/10" not in out
+    assert checkpoint.load(run / "latest.safetensors").step == 10
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["phase"] == "pretrain"] == [5, 10]
+
+
 def test_pretrain_from_random_episodes_of_any_env(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     assert cli.main(["pretrain", *ENV, "--random-episodes", "2", "--updates", "5",

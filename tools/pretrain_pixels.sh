@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Pretrain a pixel model (pixels + proprioception) of a sim task on the project's own camera's
+# offline data, resumably: run it again after a stop and it carries on from its newest
+# checkpoint. Niced, one torch thread, progress in runs/pretrain-<task>-pixels/log.txt.
+#   tools/pretrain_pixels.sh reach [updates]
+set -euo pipefail
+task=${1:?usage: tools/pretrain_pixels.sh TASK [UPDATES]}
+updates=${2:-20000}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+# shellcheck disable=SC1091
+source tools/env.sh
+data=data/$task-pixels
+out=runs/pretrain-$task-pixels
+mkdir -p "$out"
+if [ ! -f "$data/.complete" ]; then
+  python -m tdmpc_ros.sim.datasets --task "$task" --pixels --out "$data" --seed 0 --quiet
+  touch "$data/.complete"
+fi
+exec nice -n 10 python -m tdmpc_ros.cli pretrain --dataset "$data" --out "$out" --resume \
+  --env "tdmpc_ros/XArm${task^}-v0" --env-kwargs '{"render_pixels": true}' \
+  --eval-episodes 30 --updates "$updates" --threads 1 --device cpu \
+  --set model.obs_type=pixels+proprio --set model.mlp_dim=128 --set learner.batch_size=64 \
+  --set planner.num_samples=128 --set planner.iterations=3 --set planner.num_elites=16 \
+  --set run.action_repeat=1 --set run.convergence_check_every=500 \
+  --set run.checkpoint_every=500 --set run.convergence_min_updates=2000 \
+  >> "$out/log.txt" 2>&1
