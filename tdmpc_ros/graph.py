@@ -243,8 +243,12 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("variant", "", "backend:=sim only: a task variant of config/variants.yaml "
                    "(or FILE.yaml:NAME) placing cube and target where the offline data never "
                    "had them, to finetune on (empty: the training distribution)"),
+    LaunchArgument("input", "state", "what the model sees: state (the object's position, sim "
+                   "only) or pixels (the camera and proprioception; the real arm needs it); "
+                   "picks the shipped model and the dataset when those are empty",
+                   ("state", "pixels")),
     LaunchArgument("checkpoint", "", "the pretrained checkpoint to finetune (empty: the shipped "
-                   "model for the task, models/<task>-state.safetensors)"),
+                   "model for the task and input, models/<task>-<input>.safetensors)"),
     LaunchArgument("trials", "20", "how many trials (episodes) to run before stopping"),
     LaunchArgument("device", "auto", "where the planner and learner run: auto (CUDA when "
                    "there is a GPU), cpu, cuda or cuda:N"),
@@ -252,7 +256,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("run_dir", "runs/stack", "where the run's episodes, checkpoints, summary "
                    "and plots go; a restarted stack with the same run_dir carries on"),
     LaunchArgument("dataset", "", "the offline dataset the learner samples half of each batch "
-                   "from (empty: data/<task>, as made by `make demo`)"),
+                   "from (empty: data/<task>, as made by `make demo`, or data/<task>-pixels "
+                   "with input:=pixels)"),
     LaunchArgument("rviz", "false", "also start rviz2 with config/tdmpc.rviz: the planned path "
                    "coloured by uncertainty, and the model's camera view", ("true", "false")),
     LaunchArgument("use_sim_time", "false", "take time from /clock (Gazebo) instead of the "
@@ -319,11 +324,14 @@ def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]
                          **({"xarm_max_speed_mm_s": str(float(arguments["max_speed_mm_s"]))}
                             if arguments["max_speed_mm_s"] else {})},
         "planner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"],
+                    "model_input": arguments["input"],
                     "max_image_skew_s": IMAGE_SKEW_S[backend]},
         "replay_recorder": {"backend": backend, "store": store,
                             "max_image_skew_s": IMAGE_SKEW_S[backend]},
         "learner": {"checkpoint": arguments["checkpoint"], "device": arguments["device"],
-                    "dataset": arguments["dataset"] or f"data/{arguments['task']}",
+                    "model_input": arguments["input"],
+                    "dataset": arguments["dataset"] or f"data/{arguments['task']}"
+                    + ("-pixels" if arguments["input"] == "pixels" else ""),
                     "store": store, "run_dir": run_dir},
         "trial_supervisor": {"trials": arguments["trials"], "backend": backend,
                              "run_dir": run_dir, "variant": arguments["variant"]},

@@ -48,7 +48,9 @@ from tdmpc_ros.tasks import get_task
 @dataclass
 class LearnerParams:
     task: str = param("task being learnt")
-    checkpoint: str = param("pretrained checkpoint; empty: models/<task>-state.safetensors")
+    checkpoint: str = param("pretrained checkpoint; empty: the shipped model, "
+                            "models/<task>-<model_input>.safetensors")
+    model_input: str = param("state or pixels: which shipped model an empty checkpoint means")
     device: str = param("auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
     dataset: str = param("offline dataset directory (episode files); empty: no offline data")
     store: str = param("the recorder's episode store, read back after a restart")
@@ -73,7 +75,7 @@ class Learner(Node):
         self.checkpoints = Path(self.params.run_dir) / "checkpoints"
         latest = self.checkpoints / "latest.safetensors"
         path = str(latest) if latest.exists() else resolve_checkpoint(
-            self.params.task, self.params.checkpoint)
+            self.params.task, self.params.checkpoint, self.params.model_input)
         overrides = {"device": self.params.device, "threads": self.params.threads}
         try:
             self.agent = Agent.from_checkpoint(path, overrides=overrides)

@@ -62,7 +62,9 @@ MAX_VERSION_STEP = 100
 @dataclass
 class PlannerParams:
     task: str = param("task to plan for")
-    checkpoint: str = param("checkpoint to start from; empty: models/<task>-state.safetensors")
+    checkpoint: str = param("checkpoint to start from; empty: the shipped model, "
+                            "models/<task>-<model_input>.safetensors")
+    model_input: str = param("state or pixels: which shipped model an empty checkpoint means")
     device: str = param("auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
     num_samples: int = param("MPPI samples per iteration (the paper: 512)")
     iterations: int = param("MPPI iterations per plan (the paper: 6)")
@@ -93,10 +95,13 @@ def planning_overrides(num_samples: int, iterations: int, uncertainty_coef: floa
             "planner.uncertainty_coef": uncertainty_coef}
 
 
-def resolve_checkpoint(task: str, checkpoint: str) -> str:
+def resolve_checkpoint(task: str, checkpoint: str, model_input: str = "state") -> str:
+    """``checkpoint``, or the shipped model of the task for that input (state or pixels)."""
     if checkpoint:
         return checkpoint
-    shipped = repo_or_share(f"models/{task}-state.safetensors")
+    if model_input not in ("state", "pixels"):
+        raise ConfigError(f"model_input {model_input!r} is neither state nor pixels")
+    shipped = repo_or_share(f"models/{task}-{model_input}.safetensors")
     if not shipped.exists():
         raise ConfigError(f"no checkpoint given and no shipped model at {shipped}")
     return str(shipped)
@@ -107,7 +112,8 @@ class Planner(Node):
         super().__init__("planner")
         self.params = read_parameters(self, PlannerParams)
         self.spec = get_task(self.params.task)
-        path = resolve_checkpoint(self.params.task, self.params.checkpoint)
+        path = resolve_checkpoint(self.params.task, self.params.checkpoint,
+                                  self.params.model_input)
         overrides = planning_overrides(self.params.num_samples, self.params.iterations,
                                        self.params.uncertainty_coef, self.params.device)
         try:

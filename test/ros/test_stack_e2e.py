@@ -123,3 +123,46 @@ def test_the_stack_runs_trials_records_every_step_once_and_swaps_weights(ros_env
 
     # Nothing is left behind.
     assert domain_processes(ros_env["ROS_DOMAIN_ID"]) == []
+
+
+def test_a_pixel_model_runs_a_trial_from_the_camera(ros_env, tmp_path, monkeypatch):
+    """input:=pixels: the shipped pixel model plans from the simulated camera's frames (and
+    proprioception), its learner trains on a pixel dataset, and the trial is recorded with its
+    frames."""
+    for name, value in ros_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(REPO)
+    data = tmp_path / "data"
+    from tdmpc_ros.sim import datasets
+
+    assert datasets.main(["--task", "reach", "--episodes", "2", "--pixels", "--out", str(data),
+                          "--quiet"]) == 0
+    run_dir = tmp_path / "run"
+    arguments = parse_arguments(["task:=reach", "input:=pixels", "trials:=1",
+                                 f"run_dir:={run_dir}", f"dataset:={data}", "device:=cpu"])
+    processes = with_overrides(node_processes(arguments), {"trial_supervisor": {"max_steps": 4}})
+    plans = []
+    with ros_node("pixel_observer", ros_env) as (node, executor):
+        node.create_subscription(graph.topic("planner/plan").message_class(), "planner/plan",
+                                 plans.append, graph.topic("planner/plan").profile())
+        stop = threading.Event()
+
+        def spin(spinner: SingleThreadedExecutor = executor) -> None:
+            while not stop.is_set():
+                spinner.spin_once(timeout_sec=0.05)
+
+        observer = threading.Thread(target=spin, daemon=True)
+        observer.start()
+        try:
+            code = run(processes, environment=ros_env)
+        finally:
+            stop.set()
+            observer.join(timeout=5)
+    assert code == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["trials"] == 1 and summary["results"][0]["recorded_steps"] == 4, summary
+    [episode] = load_episodes(run_dir / "episodes")
+    assert episode.observations["pixels"].shape == (5, 84, 84, 3)
+    assert episode.observations["pixels"].std() > 5  # real frames of the scene, not blanks
+    assert {plan.episode_id for plan in plans} == {episode.episode_id}
+    assert len(plans) >= 4
