@@ -317,7 +317,8 @@ def node_parameters(node: NodeSpec, arguments: dict[str, str]) -> dict[str, str]
     store = f"{run_dir}/episodes"
     parameters = {"task": arguments["task"], "use_sim_time": arguments["use_sim_time"]}
     parameters.update({
-        "camera": {"source": CAMERA_SOURCE[backend], "serial": arguments["camera_serial"]},
+        "camera": {"source": CAMERA_SOURCE[backend], "serial": arguments["camera_serial"],
+                   "variant": arguments["variant"]},
         "robot_driver": {"backend": backend, "robot_ip": arguments["robot_ip"],
                          "variant": arguments["variant"],
                          # a float's text: "50" would be read as an integer and refused

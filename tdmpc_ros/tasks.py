@@ -120,6 +120,9 @@ class TaskSpec:
     variant: str = ""
     """Name of the variant whose placements these are (``with_variant``); "" for the training
     distribution, where every offline dataset comes from."""
+    distractors: int = 0
+    """Objects of other shapes and colours placed at random on the table at each reset: seen by
+    the camera, absent from the state, and no obstacle to the arm (visual only)."""
 
     @property
     def agent_period_s(self) -> float:
@@ -193,10 +196,14 @@ def get_task(name: str, variant: str | Mapping[str, Any] | None = None) -> TaskS
     return with_variant(spec, variant)
 
 
+MAX_DISTRACTORS = 4
+"""How many distractor objects a scene can hold (sim/scene.py DISTRACTORS)."""
+
 VARIANT_FIELDS = ("object_region", "target_region", "min_object_target_distance_m",
-                  "max_object_target_distance_m")
-"""What a variant may change: where the cube and the target are placed at reset. Nothing else
-(action scale, workspace, reward) may differ, or the model's actions would mean other things."""
+                  "max_object_target_distance_m", "distractors")
+"""What a variant may change: where the cube and the target are placed at reset, and how many
+distractors the camera sees. Nothing else (action scale, workspace, reward) may differ, or the
+model's actions would mean other things."""
 
 
 def variants_file() -> Path:
@@ -261,6 +268,11 @@ def with_variant(spec: TaskSpec, variant: str | Mapping[str, Any] | None) -> Tas
                 raise ValueError(f"variant {name!r}: {key} needs low and high corners")
             changes[key] = Region(tuple(map(float, value["low"])),
                                   tuple(map(float, value["high"])))
+        elif key == "distractors":
+            if not isinstance(value, int) or not 0 <= value <= MAX_DISTRACTORS:
+                raise ValueError(f"variant {name!r}: distractors must be a whole number in "
+                                 f"[0, {MAX_DISTRACTORS}], got {value!r}")
+            changes[key] = value
         else:
             changes[key] = float(value)
     return dataclasses.replace(spec, **changes)

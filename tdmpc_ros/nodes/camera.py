@@ -52,6 +52,8 @@ SOURCES = ("sim", "realsense", "opencv", "ros_topic")
 @dataclass
 class CameraParams:
     task: str = param("task whose simulated scene to render (sim source)")
+    variant: str = param("sim source: the task variant of the simulated scene (its distractors "
+                         "must be in the mirror too); empty: the training distribution")
     source: str = param("sim, realsense, opencv or ros_topic")
     serial: str = param("realsense: the camera's serial number (empty: the only one connected)")
     width: int = param("width of the published frames, the model's input (pixels)")
@@ -128,7 +130,7 @@ class Camera(Node):
         if self.params.source == "sim":
             from tdmpc_ros.sim.arm import MujocoArm
 
-            self.mirror = MujocoArm(get_task(self.params.task))
+            self.mirror = MujocoArm(get_task(self.params.task, self.params.variant))
             subscribe(self, "world/state", self.on_world_state)
         elif self.params.source in ("realsense", "opencv"):
             self.source = make_source(self.params, self.warn)

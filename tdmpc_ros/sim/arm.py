@@ -43,6 +43,9 @@ class MujocoArm:
         self._target_mocap: int | None = None
         if spec.uses_target:
             self._target_mocap = int(model.body_mocapid[model.body(scene.TARGET_BODY).id])
+        self._distractor_mocaps = [
+            int(model.body_mocapid[model.body(scene.DISTRACTOR_BODY.format(index)).id])
+            for index in range(spec.distractors)]
         self._physics_steps = round(spec.substep_period_s / model.opt.timestep)
         self._ik_cache: dict[tuple[float, ...], np.ndarray] = {}
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
@@ -128,6 +131,19 @@ class MujocoArm:
             raise ValueError(f"task {self.spec.name!r} has no target")
         self.data.mocap_pos[self._target_mocap] = np.asarray(position, dtype=np.float64)
         mujoco.mj_forward(self.model, self.data)
+
+    def place_distractors(self, positions: np.ndarray) -> None:
+        """Put the distractors (``spec.distractors`` of them) at ``positions`` (N x 3)."""
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        if len(positions) != len(self._distractor_mocaps):
+            raise ValueError(f"{len(positions)} places for {len(self._distractor_mocaps)} "
+                             "distractors")
+        for mocap, position in zip(self._distractor_mocaps, positions, strict=True):
+            self.data.mocap_pos[mocap] = position
+        mujoco.mj_forward(self.model, self.data)
+
+    def distractor_positions(self) -> np.ndarray:
+        return self.data.mocap_pos[self._distractor_mocaps].copy()
 
     def object_position(self) -> np.ndarray | None:
         if self._object_body is None:

@@ -131,6 +131,26 @@ class XArmTaskEnv(gymnasium.Env):
         return observation
 
 
+DISTRACTOR_REGION = ((0.25, -0.25), (0.55, 0.25))  # x, y on the table, in the camera's view
+DISTRACTOR_CLEARANCE_M = 0.08  # from the cube and from each other
+
+
+def distractor_places(spec: TaskSpec, cube: np.ndarray | None,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Random places on the table for the distractors, clear of the cube and of each other."""
+    (x0, y0), (x1, y1) = DISTRACTOR_REGION
+    taken = [] if cube is None else [np.asarray(cube[:2])]
+    places = []
+    for _ in range(spec.distractors):
+        for _attempt in range(100):
+            xy = rng.uniform((x0, y0), (x1, y1))
+            if all(np.linalg.norm(xy - other) >= DISTRACTOR_CLEARANCE_M for other in taken):
+                break
+        taken.append(xy)
+        places.append((xy[0], xy[1], spec.table_height_m + 0.03))
+    return np.array(places)
+
+
 def reset_scene(arm: MujocoArm, rng: np.random.Generator) -> None:
     """The arm to its home pose, the task's cube and target to random places, settled.
 
@@ -157,4 +177,6 @@ def reset_scene(arm: MujocoArm, rng: np.random.Generator) -> None:
         if spec.uses_object:  # a goal for the cube: on the table, at the cube's height
             target[2] = spec.object_rest_z
         arm.place_target(target)
+    if spec.distractors:
+        arm.place_distractors(distractor_places(spec, object_position, rng))
     arm.hold(1)  # let the cube settle on the table before the first observation

@@ -78,6 +78,27 @@ def _cube(spec: TaskSpec) -> str:
     </body>"""
 
 
+# Distractors: visual-only objects (no contact, no mass), each a shape and colour of its own and
+# none the red cube's; mocap bodies, so their places travel with the physics state to the camera.
+DISTRACTORS = (
+    ("sphere", "0.025", "0.15 0.35 0.9 1"),
+    ("cylinder", "0.022 0.03", "0.95 0.8 0.1 1"),
+    ("box", "0.03 0.015 0.02", "0.2 0.7 0.3 1"),
+    ("capsule", "0.015 0.03", "0.6 0.25 0.75 1"),
+)
+DISTRACTOR_BODY = "distractor{}"
+
+
+def _distractors(spec: TaskSpec) -> str:
+    bodies = []
+    for index, (kind, size, rgba) in enumerate(DISTRACTORS[: spec.distractors]):
+        bodies.append(
+            f'<body name="{DISTRACTOR_BODY.format(index)}" mocap="true" pos="0.3 {0.3 + index} '
+            f'{spec.table_height_m + 0.03:.6g}"><geom type="{kind}" size="{size}" rgba="{rgba}" '
+            f'contype="0" conaffinity="0"/></body>')
+    return "\n    ".join(bodies)
+
+
 def build_scene_xml(spec: TaskSpec) -> str:
     """The MJCF of ``spec``'s scene: table, arm, gripper, and the cube and target it needs."""
     finger_travel = spec.gripper_stroke_m / 2
@@ -174,6 +195,7 @@ def build_scene_xml(spec: TaskSpec) -> str:
     <body name="{EE_MOCAP_BODY}" mocap="true" pos="0.35 0 0.2"/>
     {_target_marker(spec)}
     {_cube(spec)}
+    {_distractors(spec)}
   </worldbody>
   <equality>
     <weld name="tcp_servo" body1="{EE_MOCAP_BODY}" body2="{TCP_BODY}" relpose="0 0 0 1 0 0 0"

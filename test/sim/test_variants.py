@@ -56,7 +56,7 @@ def test_resets_draw_from_the_variant_and_the_default_stays_the_training_distrib
 
 
 def test_wrong_variants_are_refused_by_name(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no variant 'moon'.*known: far, shifted"):
+    with pytest.raises(ValueError, match="no variant .moon..*known: distractors, far, shifted"):
         get_task("lift", "moon")
     with pytest.raises(ValueError, match="unknown field 'max_step_m'"):
         with_variant(get_task("lift"), {"max_step_m": 0.1})
@@ -74,3 +74,36 @@ def test_a_labs_own_variants_file(tmp_path: Path) -> None:
     assert spec.variant == "corner"
     assert spec.target_region.low == (0.5, 0.15, 0.2)
     assert get_task("reach", "").target_region == TASKS["reach"].target_region
+
+
+def test_distractors_appear_in_the_images_and_not_in_the_state() -> None:
+    """lift's distractors variant: the same seed gives the same cube and the same states, step
+    after step (the distractors are no obstacle), but other camera frames, with the distractors'
+    own colours in them."""
+    plain = XArmTaskEnv("lift", seed=3)
+    distracted = XArmTaskEnv("lift", variant="distractors", seed=3)
+    assert distracted.task_spec.distractors == 3
+    first, _ = plain.reset(seed=3)
+    second, _ = distracted.reset(seed=3)
+    actions = np.random.default_rng(0).uniform(-1, 1, (5, 4)).astype(np.float32)
+    for action in actions:
+        np.testing.assert_allclose(first["state"], second["state"], atol=1e-6)
+        np.testing.assert_allclose(first["proprio"], second["proprio"], atol=1e-6)
+        changed = np.abs(first["pixels"].astype(int) - second["pixels"].astype(int)).max(-1) > 40
+        assert changed.sum() > 30, changed.sum()  # each distractor covers pixels of its own
+        first, *_ = plain.step(action)
+        second, *_ = distracted.step(action)
+    # The distractors' colours: saturated blue (sphere) and yellow (cylinder) pixels, which the
+    # plain scene does not have.
+    pixels = second["pixels"].astype(int)
+    blue = (pixels[..., 2] > 150) & (pixels[..., 0] < 90)
+    yellow = (pixels[..., 0] > 150) & (pixels[..., 1] > 130) & (pixels[..., 2] < 80)
+    plain_pixels = first["pixels"].astype(int)
+    assert blue.sum() > 5 and yellow.sum() > 5, (blue.sum(), yellow.sum())
+    assert ((plain_pixels[..., 2] > 150) & (plain_pixels[..., 0] < 90)).sum() < blue.sum()
+    places = distracted.arm.distractor_positions()
+    assert places.shape == (3, 3)
+    cube = distracted.arm.object_position()
+    assert all(np.linalg.norm(place[:2] - cube[:2]) >= 0.079 for place in places)
+    with pytest.raises(ValueError, match="distractors must be a whole number"):
+        with_variant(get_task("lift"), {"distractors": 9})
