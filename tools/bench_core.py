@@ -71,6 +71,8 @@ def random_episode(spec: ModelSpec, steps: int, index: int, rng: np.random.Gener
 def settings(config: Config, input_kind: str, args: argparse.Namespace) -> Config:
     overrides = {"device": args.device, "model.obs_type":
                  "state" if input_kind == "state" else "pixels+proprio"}
+    if args.cuda_graphs:
+        overrides["planner.cuda_graphs"] = True
     if args.precision:
         overrides["planner.precision"] = args.precision
         overrides["learner.precision"] = args.precision
@@ -97,7 +99,8 @@ def bench_plan(setting: str, input_kind: str, args: argparse.Namespace) -> dict:
     precision = str(resolve_precision(config.planner.precision, agent.device)).split(".")[-1]
     return {"bench": "plan", "setting": setting, "input": input_kind,
             "ms_per_plan": round(statistics.median(times), 2), "device": str(agent.device),
-            "threads": torch.get_num_threads(), "precision": precision}
+            "threads": torch.get_num_threads(), "precision": precision,
+            "cuda_graphs": bool(config.planner.cuda_graphs)}
 
 
 def bench_update(input_kind: str, args: argparse.Namespace, image_size: int = 84) -> dict:
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"],
                         help="planner.precision (default: the config's)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="plan with CUDA graphs (planner.cuda_graphs; CUDA only)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--only", choices=["plan", "update"], help="run one kind only")

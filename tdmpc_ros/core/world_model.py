@@ -164,7 +164,16 @@ class StateEncoder(nn.Module):
 
 
 class PixelEncoder(nn.Module):
-    """Four convolutions (k7 s2, k5 s2, k3 s2, k3 s2, ReLU), Linear, LayerNorm, Sigmoid."""
+    """Four convolutions (k7 s2, k5 s2, k3 s2, k3 s2, ReLU), Linear, LayerNorm, Sigmoid.
+
+    On a CPU with oneDNN the convolutions take a faster path with the same maths
+    (``fused``, see ``_fused_convs``); ``fused = False`` runs the plain modules.
+    """
+
+    CHUNK = 128
+    """Frames per pass of the fused path: a chunk's activations stay in the core's cache from
+    one layer to the next (measured on 2 cores: 1280 frames' first layer 32 ms in chunks of
+    128 against 120 ms in one pass, ReLU included)."""
 
     def __init__(self, image_size: int, channels: int, latent_dim: int) -> None:
         super().__init__()
@@ -182,6 +191,8 @@ class PixelEncoder(nn.Module):
             nn.Flatten(), OutputLinear(channels * side * side, latent_dim),
             nn.LayerNorm(latent_dim), nn.Sigmoid(),
         )
+        self.fused = _FUSED_CONV_RELU is not None
+        """Use ``_fused_convs`` on CPU tensors (where oneDNN is there)."""
 
     def forward(self, pixels: Tensor) -> Tensor:
         """pixels: uint8 (N, H, W, 3). The NCHW view of HWC data is channels-last already."""
@@ -190,8 +201,58 @@ class PixelEncoder(nn.Module):
         # copy would only be cast again (uint8 values are exact in bfloat16).
         dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
                  else torch.float32)
-        x = pixels.permute(0, 3, 1, 2).to(dtype).mul_(1.0 / 255.0)
-        return self.head(self.convs(x))
+        x = pixels.permute(0, 3, 1, 2)
+        if self.fused and device == "cpu":
+            features = self._fused_convs(x, dtype)
+        else:
+            features = self.convs(x.to(dtype).mul_(1.0 / 255.0))
+        return self.head(features)
+
+    def _fused_convs(self, frames: Tensor, dtype: torch.dtype) -> Tensor:
+        """The four convolutions with each ReLU fused into its convolution (oneDNN's
+        post-op: no extra pass over the activations), ``CHUNK`` frames at a time, and the
+        1/255 scaling folded into the first layer's weights (uint8 frames enter as they are).
+        Same maths as ``convs``; the test suite holds the two paths together."""
+        layers = [self.convs[i] for i in range(0, len(self.convs), 2)]
+        weights = [(layer.weight * (1.0 / 255.0) if i == 0 else layer.weight).to(dtype)
+                   .contiguous(memory_format=torch.channels_last)
+                   for i, layer in enumerate(layers)]
+        biases = [layer.bias.to(dtype) for layer in layers]
+        chunks = []
+        for start in range(0, frames.shape[0], self.CHUNK):
+            x = frames[start : start + self.CHUNK].to(dtype)
+            for layer, weight, bias in zip(layers, weights, biases, strict=True):
+                x = _ConvReLU.apply(x, weight, bias, layer.stride)
+            chunks.append(x)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+_FUSED_CONV_RELU = (getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+                    if torch.backends.mkldnn.is_available() else None)
+"""oneDNN's convolution with a fused element-wise post-op, where this build of torch has it."""
+
+
+class _ConvReLU(torch.autograd.Function):
+    """relu(conv2d(x, weight, bias, stride)) in one oneDNN call; the backward masks the
+    gradient by the output's sign, then runs the convolution's own backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, stride: tuple[int, int]) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        out = _FUSED_CONV_RELU(x, weight, bias, [0, 0], list(stride), [1, 1], 1, "relu", [], "")
+        ctx.stride = list(stride)
+        ctx.save_for_backward(x, weight, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor, Tensor, None]:
+        x, weight, out = ctx.saved_tensors
+        grad = grad_out.contiguous(memory_format=torch.channels_last) * (out > 0)
+        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]], ctx.stride, [0, 0], [1, 1], False, [0, 0], 1,
+            [ctx.needs_input_grad[0], True, True],
+        )
+        return grad_x, grad_weight, grad_bias, None
 
 
 class Encoder(nn.Module):
