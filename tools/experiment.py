@@ -58,7 +58,7 @@ HELD_OUT_SEED = 7
 def base_overrides(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """Dotted overrides of ``fast_config`` shared by every run (model and planner sizes)."""
     return {
-        "model.obs_type": "state",
+        "model.obs_type": "state" if args.input == "state" else "pixels+proprio",
         "model.mlp_dim": args.mlp_dim,
         "learner.batch_size": args.batch_size,
         "planner.num_samples": args.num_samples,
@@ -102,10 +102,11 @@ def sweep_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("tasks", "seeds", "variant", "methods", "updates", "check_every", "tolerance",
-            "min_updates", "trials", "updates_per_step", "eval_episodes", "mlp_dim",
-            "batch_size", "num_samples", "iterations", "num_elites", "sweep_task",
-            "sweep_lambdas", "sweep_online_shares", "calibration_episodes", "workers")
+    keys = ("tasks", "seeds", "input", "pretrained_from", "variant", "methods", "updates",
+            "check_every", "tolerance", "min_updates", "trials", "updates_per_step",
+            "eval_episodes", "mlp_dim", "batch_size", "num_samples", "iterations",
+            "num_elites", "sweep_task", "sweep_lambdas", "sweep_online_shares",
+            "calibration_episodes", "workers")
     return {key: getattr(args, key) for key in keys}
 
 
@@ -124,7 +125,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def dataset_dir(args: argparse.Namespace, task: str, variant: str = "", seed: int = 0) -> Path:
-    name = f"{task}-state" + (f"-{variant}" if variant else "") + (f"-seed{seed}" if seed else "")
+    name = (f"{task}-{args.input}" + (f"-{variant}" if variant else "")
+            + (f"-seed{seed}" if seed else ""))
     return Path(args.data) / name
 
 
@@ -132,12 +134,14 @@ def ensure_datasets(args: argparse.Namespace, task: str) -> None:
     """The training data, and held-out scripted episodes on and off its distribution."""
     from tdmpc_ros.sim.datasets import generate_dataset
 
-    generate_dataset(task, dataset_dir(args, task), args.dataset_episodes or None, seed=0)
+    pixels = args.input == "pixels"
+    generate_dataset(task, dataset_dir(args, task), args.dataset_episodes or None, seed=0,
+                     pixels=pixels)
     if "calibration" in args.stages:
         for variant in ("", args.variant):
             generate_dataset(task, dataset_dir(args, task, variant, HELD_OUT_SEED),
                              args.calibration_episodes, seed=HELD_OUT_SEED,
-                             variant=variant or None)
+                             variant=variant or None, pixels=pixels)
 
 
 class Group:
@@ -146,7 +150,7 @@ class Group:
     def __init__(self, args: argparse.Namespace, task: str, seed: int) -> None:
         self.args, self.task, self.seed = args, task, seed
         self.tag = f"{task} seed {seed}"
-        self.dir = Path(args.out) / f"{task}-state" / f"seed{seed}"
+        self.dir = Path(args.out) / f"{task}-{args.input}" / f"seed{seed}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.base = base_overrides(args, seed)
         self._offline: list[Any] | None = None
@@ -162,7 +166,7 @@ class Group:
     def env(self, variant: str) -> Any:
         from tdmpc_ros.sim.env import XArmTaskEnv
 
-        return XArmTaskEnv(self.task, render_pixels=False, seed=self.seed,
+        return XArmTaskEnv(self.task, render_pixels=self.args.input == "pixels", seed=self.seed,
                            variant=variant or None)
 
     def new_agent(self, td_target: str, lam: float, **overrides: Any) -> Any:
@@ -207,16 +211,20 @@ class Group:
         if pretraining == "max_q":  # the same budget as the in-sample model of this seed
             updates = self.pretrain("in_sample")["updates"]
             budget = {"run.offline_updates": updates, "run.convergence_patience": updates + 1}
-        agent = self.new_agent(pretraining, 1.0, **budget)
-        agent.replay.add_offline(self.offline)
-        _log(self.tag, f"pretrain {pretraining}: {len(self.offline)} episodes, at most "
-             f"{agent.config.run.offline_updates} updates")
-        result = pretrain(agent, self.offline, progress=lambda line: _log(self.tag, line))
-        agent.save(self.checkpoint(pretraining))
+        if pretraining == "in_sample" and self.args.pretrained_from:
+            result = self._take_pretrained(Path(self.args.pretrained_from))
+        else:
+            agent = self.new_agent(pretraining, 1.0, **budget)
+            agent.replay.add_offline(self.offline)
+            _log(self.tag, f"pretrain {pretraining}: {len(self.offline)} episodes, at most "
+                 f"{agent.config.run.offline_updates} updates")
+            result = pretrain(agent, self.offline, progress=lambda line: _log(self.tag, line))
+            agent.save(self.checkpoint(pretraining))
         lam = 1.0 if pretraining == "in_sample" else 0.0  # as its finetuning plans
         agent = self.load(pretraining, **{"planner.uncertainty_coef": lam})
         record = {
-            "task": self.task, "input": "state", "seed": self.seed, "pretraining": pretraining,
+            "task": self.task, "input": self.args.input, "seed": self.seed,
+            "pretraining": pretraining,
             **result.to_dict(), "final_check": result.final,
             "eval_train": self.evaluate(agent, ""), "eval_lambda": lam,
             "dataset": {"dir": str(dataset_dir(self.args, self.task)),
@@ -225,6 +233,8 @@ class Group:
                         "success_rate": float(sum(e.succeeded for e in self.offline))
                         / len(self.offline)},
             "config": agent.config.to_dict(),
+            "pretrained_from": (self.args.pretrained_from if pretraining == "in_sample"
+                                else None),
         }
         plot_pretraining(result.history, self.dir / f"pretrain_{pretraining}.png",
                          f"{self.task} seed {self.seed}, {pretraining}")
@@ -234,6 +244,32 @@ class Group:
              f"{result.seconds:.0f} s; success on the training distribution "
              f"{record['eval_train']['success']:.2f}")
         return record
+
+    def _take_pretrained(self, run_dir: Path) -> Any:
+        """The in-sample model of a ``tdmpc-ros pretrain`` run (``--pretrained-from``): its
+        latest checkpoint becomes this group's, and its value checks its history, so every seed
+        finetunes the same pretrained model (the seeds then differ online only)."""
+        from tdmpc_ros.core.agent import Agent
+        from tdmpc_ros.core.pretraining import PretrainResult
+
+        source = run_dir / "latest.safetensors"
+        agent = Agent.from_checkpoint(source, overrides=self.base)
+        if agent.config.model.obs_type != self.base["model.obs_type"]:
+            raise ValueError(f"{source} is a {agent.config.model.obs_type} model; "
+                             f"--input {self.args.input} needs {self.base['model.obs_type']}")
+        history = [record for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                   if (record := json.loads(line)).get("phase") == "pretrain"]
+        last = history[-1]
+        tolerance = agent.config.run.convergence_tolerance
+        in_a_row = 0
+        for record in history:
+            in_a_row = in_a_row + 1 if record["value_ratio"] >= 1.0 - tolerance else 0
+        agent.save(self.checkpoint("in_sample"))
+        _log(self.tag, f"pretrained in_sample: taken from {source} "
+             f"(update {agent.learner.steps})")
+        return PretrainResult(agent.learner.steps,
+                              in_a_row >= agent.config.run.convergence_patience,
+                              float(last.get("seconds", float("nan"))), history)
 
     def before(self, pretraining: str, lam: float) -> dict[str, Any]:
         """The pretrained model on the variant with lambda ``lam`` (cached)."""
@@ -288,7 +324,7 @@ class Group:
         after = before if method["buffers"] == "no_updates" else self.evaluate(
             agent, self.args.variant)
         record = {
-            "task": self.task, "input": "state", "seed": self.seed, "method": name,
+            "task": self.task, "input": self.args.input, "seed": self.seed, "method": name,
             "variant": self.args.variant, "settings": method,
             "before": before, "after": after,
             "success_before": None if before is None else before["success"],
@@ -336,9 +372,9 @@ def export_model(args: argparse.Namespace, task: str) -> Path:
     agent = group.load("in_sample")
     models = Path(args.models)
     models.mkdir(parents=True, exist_ok=True)
-    name = f"{task}-state"
+    name = f"{task}-{args.input}"
     path = models / f"{name}.safetensors"
-    data = agent.to_bytes(actor_only=True, task=task, input="state",
+    data = agent.to_bytes(actor_only=True, task=task, input=args.input,
                           pretrain_updates=record["updates"],
                           value_converged=record["converged"])
     temporary = path.with_suffix(".tmp")
@@ -409,6 +445,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["reach", "push", "lift"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--input", choices=["state", "pixels"], default="state",
+                        help="what the models see: the state vector, or the camera's 84x84 "
+                             "frames and proprioception (pixels+proprio)")
+    parser.add_argument("--pretrained-from", default="",
+                        help="a `tdmpc-ros pretrain` run directory whose latest.safetensors "
+                             "is every seed's in-sample model (no pretraining here)")
     parser.add_argument("--variant", default="shifted",
                         help="task variant of the online trials and evaluations "
                              "(config/variants.yaml)")

@@ -2,10 +2,13 @@
 # Pretrain a pixel model (pixels + proprioception) of a sim task on the project's own camera's
 # offline data, resumably: run it again after a stop and it carries on from its newest
 # checkpoint. Niced, one torch thread, progress in runs/pretrain-<task>-pixels/log.txt.
-#   tools/pretrain_pixels.sh reach [updates]
+#   tools/pretrain_pixels.sh TASK [MAX_UPDATES [MIN_UPDATES]]
+# It stops at MAX_UPDATES (default 20000) or, after MIN_UPDATES (default 2000), once the value
+# check has passed twice in a row (tdmpc_ros/core/pretraining.py).
 set -euo pipefail
-task=${1:?usage: tools/pretrain_pixels.sh TASK [UPDATES]}
+task=${1:?usage: tools/pretrain_pixels.sh TASK [MAX_UPDATES [MIN_UPDATES]]}
 updates=${2:-20000}
+min_updates=${3:-2000}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 # shellcheck disable=SC1091
@@ -23,5 +26,5 @@ exec nice -n 10 python -m tdmpc_ros.cli pretrain --dataset "$data" --out "$out" 
   --set model.obs_type=pixels+proprio --set model.mlp_dim=128 --set learner.batch_size=64 \
   --set planner.num_samples=128 --set planner.iterations=3 --set planner.num_elites=16 \
   --set run.action_repeat=1 --set run.convergence_check_every=500 \
-  --set run.checkpoint_every=500 --set run.convergence_min_updates=2000 \
+  --set run.checkpoint_every=500 --set run.convergence_min_updates="$min_updates" \
   >> "$out/log.txt" 2>&1

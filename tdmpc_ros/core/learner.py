@@ -104,10 +104,10 @@ class Learner:
             first = {key: value[0] for key, value in obs.items()}
             following = {key: value[1:].flatten(0, 1) for key, value in obs.items()}
             with torch.no_grad():
-                next_z = model.encode(following)
+                next_z, next_z_target = model.encode_online_and_target(following)
                 next_value = self._bootstrap(next_z).float().view(horizon, size)
                 q_target = td_target(reward, batch.terminated, next_value, cfg.discount)
-                next_z_target = model.encode_target(following).float().view(horizon, size, -1)
+                next_z_target = next_z_target.float().view(horizon, size, -1)
 
             z = model.encode(first)
             latents = [z]

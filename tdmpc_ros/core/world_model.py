@@ -12,7 +12,7 @@ bfloat16) so that a plan is a handful of large matrix products per step.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,35 +196,50 @@ class PixelEncoder(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         """pixels: uint8 (N, H, W, 3). The NCHW view of HWC data is channels-last already."""
+        return self.encode_with([self], pixels)[0]
+
+    @staticmethod
+    def encode_with(encoders: Sequence[PixelEncoder], pixels: Tensor) -> list[Tensor]:
+        """The latents of ``pixels`` by each of ``encoders`` (same architecture; e.g. the
+        online and the target encoder), each frame read and converted once for all of them."""
         device = pixels.device.type
         # Straight to the dtype the convolutions run in: under bfloat16 autocast, a float32
         # copy would only be cast again (uint8 values are exact in bfloat16).
         dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
                  else torch.float32)
-        x = pixels.permute(0, 3, 1, 2)
-        if self.fused and device == "cpu":
-            features = self._fused_convs(x, dtype)
+        frames = pixels.permute(0, 3, 1, 2)
+        if all(encoder.fused for encoder in encoders) and device == "cpu":
+            features = PixelEncoder._fused_convs(encoders, frames, dtype)
         else:
-            features = self.convs(x.to(dtype).mul_(1.0 / 255.0))
-        return self.head(features)
+            x = frames.to(dtype).mul_(1.0 / 255.0)
+            features = [encoder.convs(x) for encoder in encoders]
+        return [encoder.head(f) for encoder, f in zip(encoders, features, strict=True)]
 
-    def _fused_convs(self, frames: Tensor, dtype: torch.dtype) -> Tensor:
-        """The four convolutions with each ReLU fused into its convolution (oneDNN's
-        post-op: no extra pass over the activations), ``CHUNK`` frames at a time, and the
-        1/255 scaling folded into the first layer's weights (uint8 frames enter as they are).
-        Same maths as ``convs``; the test suite holds the two paths together."""
-        layers = [self.convs[i] for i in range(0, len(self.convs), 2)]
-        weights = [(layer.weight * (1.0 / 255.0) if i == 0 else layer.weight).to(dtype)
-                   .contiguous(memory_format=torch.channels_last)
-                   for i, layer in enumerate(layers)]
-        biases = [layer.bias.to(dtype) for layer in layers]
-        chunks = []
-        for start in range(0, frames.shape[0], self.CHUNK):
-            x = frames[start : start + self.CHUNK].to(dtype)
-            for layer, weight, bias in zip(layers, weights, biases, strict=True):
-                x = _ConvReLU.apply(x, weight, bias, layer.stride)
-            chunks.append(x)
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+    @staticmethod
+    def _fused_convs(encoders: Sequence[PixelEncoder], frames: Tensor,
+                     dtype: torch.dtype) -> list[Tensor]:
+        """Each encoder's four convolutions with each ReLU fused into its convolution
+        (oneDNN's post-op: no extra pass over the activations), ``CHUNK`` frames at a time,
+        and the 1/255 scaling folded into the first layer's weights (uint8 frames enter as
+        they are). Same maths as ``convs``; the test suite holds the two paths together."""
+        stacks = []
+        for encoder in encoders:
+            layers = [encoder.convs[i] for i in range(0, len(encoder.convs), 2)]
+            stacks.append([
+                ((layer.weight * (1.0 / 255.0) if i == 0 else layer.weight).to(dtype)
+                 .contiguous(memory_format=torch.channels_last), layer.bias.to(dtype),
+                 layer.stride)
+                for i, layer in enumerate(layers)])
+        chunks: list[list[Tensor]] = [[] for _ in encoders]
+        size = encoders[0].CHUNK
+        for start in range(0, frames.shape[0], size):
+            chunk = frames[start : start + size].to(dtype)
+            for stack, outputs in zip(stacks, chunks, strict=True):
+                x = chunk
+                for weight, bias, stride in stack:
+                    x = _ConvReLU.apply(x, weight, bias, stride)
+                outputs.append(x)
+        return [out[0] if len(out) == 1 else torch.cat(out) for out in chunks]
 
 
 _FUSED_CONV_RELU = (getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
@@ -274,6 +289,22 @@ class Encoder(nn.Module):
         latents = [self.nets[key](obs[key]) for key in self.keys]
         return latents[0] if len(latents) == 1 else torch.stack(latents).mean(0)
 
+    def forward_pair(self, obs: Mapping[str, Tensor], other: Encoder) -> tuple[Tensor, Tensor]:
+        """``self(obs)`` and ``other(obs)`` (an encoder of the same architecture), images read
+        once for both."""
+        mine, theirs = [], []
+        for key in self.keys:
+            net, other_net = self.nets[key], other.nets[key]
+            if isinstance(net, PixelEncoder):
+                a, b = PixelEncoder.encode_with([net, other_net], obs[key])
+            else:
+                a, b = net(obs[key]), other_net(obs[key])
+            mine.append(a)
+            theirs.append(b)
+        if len(mine) == 1:
+            return mine[0], theirs[0]
+        return torch.stack(mine).mean(0), torch.stack(theirs).mean(0)
+
 
 def random_shift(pixels: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
     """Shift each image by up to ``pad`` pixels, edges replicated (DrQ's augmentation).
@@ -297,10 +328,13 @@ def shift_images(pixels: Tensor, offsets: Tensor, pad: int) -> Tensor:
     if pixels.device.type != "cpu":
         return gather_shift(pixels, offsets, pad)
     n, height, width, channels = pixels.shape
-    rows = torch.cat([pixels[:, :1].expand(n, pad, width, channels), pixels,
-                      pixels[:, -1:].expand(n, pad, width, channels)], 1)
-    padded = torch.cat([rows[:, :, :1].expand(n, height + 2 * pad, pad, channels), rows,
-                        rows[:, :, -1:].expand(n, height + 2 * pad, pad, channels)], 2)
+    # padded by slice assignments (5x faster here than concatenating expanded edges)
+    padded = pixels.new_empty(n, height + 2 * pad, width + 2 * pad, channels)
+    padded[:, pad : pad + height, pad : pad + width] = pixels
+    padded[:, :pad, pad : pad + width] = pixels[:, :1]
+    padded[:, pad + height :, pad : pad + width] = pixels[:, -1:]
+    padded[:, :, :pad] = padded[:, :, pad : pad + 1]
+    padded[:, :, pad + width :] = padded[:, :, pad + width - 1 : pad + width]
     return torch.stack([padded[i, dy : dy + height, dx : dx + width]
                         for i, (dy, dx) in enumerate(offsets.tolist())])
 
@@ -384,6 +418,10 @@ class WorldModel(nn.Module):
 
     def encode_target(self, obs: Mapping[str, Tensor]) -> Tensor:
         return self.target_encoder(obs)
+
+    def encode_online_and_target(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``encode(obs)`` and ``encode_target(obs)``, each image read once for both."""
+        return self.encoder.forward_pair(obs, self.target_encoder)
 
     def next(self, z: Tensor, a: Tensor) -> Tensor:
         return self.dynamics(torch.cat([z, a], -1))

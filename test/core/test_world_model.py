@@ -263,3 +263,24 @@ def test_the_pixel_encoders_fused_cpu_path_matches_the_plain_modules() -> None:
         plain_error = ((plain - exact).norm() / exact.norm()).item()
         fused_error = ((fused - exact).norm() / exact.norm()).item()
         assert fused_error < max(1.5 * plain_error, 1e-3), (fused_error, plain_error)
+
+
+def test_online_and_target_latents_in_one_pass_equal_two_separate_encodes() -> None:
+    """``encode_online_and_target`` reads each image once for both encoders: the same latents
+    as ``encode`` and ``encode_target`` called apart, on the fused and the plain path."""
+    spec = ModelSpec({"pixels": (84, 84, 3), "proprio": (4,)}, 4)
+    model = WorldModel(Config().replace(**{"model.obs_type": "pixels+proprio"}), spec)
+    with torch.no_grad():  # a target that differs from the online encoder
+        for parameter in model.target_encoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    obs = {"pixels": torch.randint(0, 256, (9, 84, 84, 3), dtype=torch.uint8),
+           "proprio": torch.randn(9, 4)}
+    for fused in (True, False):
+        for module in model.modules():
+            if hasattr(module, "fused"):
+                module.fused = fused
+        with torch.no_grad():
+            online, target = model.encode_online_and_target(obs)
+            torch.testing.assert_close(online, model.encode(obs))
+            torch.testing.assert_close(target, model.encode_target(obs))
+            assert not torch.allclose(online, target)
