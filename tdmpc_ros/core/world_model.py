@@ -262,7 +262,8 @@ class _ConvReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor, Tensor, None]:
         x, weight, out = ctx.saved_tensors
-        grad = grad_out.contiguous(memory_format=torch.channels_last) * (out > 0)
+        grad = torch.ops.aten.threshold_backward(
+            grad_out.contiguous(memory_format=torch.channels_last), out, 0)
         grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad, x, weight, [weight.shape[0]], ctx.stride, [0, 0], [1, 1], False, [0, 0], 1,
             [ctx.needs_input_grad[0], True, True],
