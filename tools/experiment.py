@@ -212,7 +212,7 @@ class Group:
             updates = self.pretrain("in_sample")["updates"]
             budget = {"run.offline_updates": updates, "run.convergence_patience": updates + 1}
         if pretraining == "in_sample" and self.args.pretrained_from:
-            result = self._take_pretrained(Path(self.args.pretrained_from))
+            result = self._take_pretrained(self.pretrained_from)
         else:
             agent = self.new_agent(pretraining, 1.0, **budget)
             agent.replay.add_offline(self.offline)
@@ -233,8 +233,8 @@ class Group:
                         "success_rate": float(sum(e.succeeded for e in self.offline))
                         / len(self.offline)},
             "config": agent.config.to_dict(),
-            "pretrained_from": (self.args.pretrained_from if pretraining == "in_sample"
-                                else None),
+            "pretrained_from": (str(self.pretrained_from) if pretraining == "in_sample"
+                                and self.pretrained_from else None),
         }
         plot_pretraining(result.history, self.dir / f"pretrain_{pretraining}.png",
                          f"{self.task} seed {self.seed}, {pretraining}")
@@ -244,6 +244,12 @@ class Group:
              f"{result.seconds:.0f} s; success on the training distribution "
              f"{record['eval_train']['success']:.2f}")
         return record
+
+    @property
+    def pretrained_from(self) -> Path | None:
+        """``--pretrained-from`` for this task (``{task}`` in it names the task), or None."""
+        template = self.args.pretrained_from
+        return Path(template.format(task=self.task)) if template else None
 
     def _take_pretrained(self, run_dir: Path) -> Any:
         """The in-sample model of a ``tdmpc-ros pretrain`` run (``--pretrained-from``): its
@@ -382,30 +388,39 @@ def export_model(args: argparse.Namespace, task: str) -> Path:
     os.replace(temporary, path)
     c, ds, check = record["config"], record["dataset"], record["final_check"]
     train = record["eval_train"]
-    card = f"""# {name}: TD-MPC world model pretrained offline (FOWM), state input
+    pixels = args.input == "pixels"
+    source = record.get("pretrained_from")
+    made_by = (f"`tools/pretrain_pixels.sh {task} ...` (its run directory `{source}`: the "
+               f"command is in its log), then `{args.command_line}`, which evaluated and "
+               f"exported it" if source else
+               f"`{args.command_line}` (seed {args.model_seed} of that experiment)")
+    card = f"""# {name}: TD-MPC world model pretrained offline (FOWM), {args.input} input
 
 - File: `models/{name}.safetensors` ({len(data) / 1e6:.2f} MB), actor-only checkpoint
   (`tdmpc_ros.core.checkpoint`, kind `actor`: model weights, no target network, no optimiser
   state; `Agent.from_checkpoint` restarts the target from the online weights).
-- Task: simulated xArm `{task}` (`tdmpc_ros.sim`), observations `state`.
+- Task: simulated xArm `{task}` (`tdmpc_ros.sim`), observations
+  `{c['model']['obs_type']}`{
+  f" (the project's camera, {c['model']['image_size']}x{c['model']['image_size']} RGB, "
+  "and the gripper's position and opening)" if pixels else ""}.
 - Data: {ds['episodes']} scripted episodes of mixed skill ({ds['success_rate']:.0%} successful;
   {ds['transitions']} transitions) from the task's training distribution:
-  `python -m tdmpc_ros.sim.datasets --task {task} --out {ds['dir']} --seed 0`.
+  `python -m tdmpc_ros.sim.datasets --task {task} --out {ds['dir']} --seed 0{
+  ' --pixels' if pixels else ''}`.
 - Pretraining: in-sample TD (expectile V, AWR policy), batch {c['learner']['batch_size']},
-  seed {record['seed']}: {record['updates']} updates in {record['seconds']:.0f} s on one CPU
-  thread, stopped by the value check (`tdmpc_ros/core/pretraining.py`): Q on the dataset's
-  successful episodes {check['q_expert']:.2f} against their Monte-Carlo return
-  {check['return_expert']:.2f} (ratio {check['value_ratio']:.2f}; converged:
-  {record['converged']}). The paper: 25k updates at batch 256 and 512-wide heads.
+  seed {c['seed']}: {record['updates']} updates, stopped by the value check
+  (`tdmpc_ros/core/pretraining.py`) or its cap: Q on the dataset's successful episodes
+  {check['q_expert']:.2f} against their Monte-Carlo return {check['return_expert']:.2f}
+  (ratio {check['value_ratio']:.2f}; converged: {record['converged']}). The paper: 25k updates
+  at batch 256 and 512-wide heads.
 - Config: latent {c['model']['latent_dim']}, heads {c['model']['mlp_dim']} wide,
   {c['model']['num_q']} Q heads, horizon {c['horizon']}, discount {c['discount']}; planner
   {c['planner']['num_samples']} samples, {c['planner']['iterations']} iterations,
   {c['planner']['num_elites']} elites, lambda 1 (the stack plans with config/planner.yaml's).
 - Success before finetuning, {train['episodes']} evaluation episodes (env seeds
-  {EVAL_SEED}.., no exploration): {train['success']:.2f} on the training distribution,
+  {EVAL_SEED}.., no exploration): **{train['success']:.2f} on the training distribution**,
   {before['success']:.2f} on the variant `{args.variant}` (`config/variants.yaml`).
-- Made by: `{args.command_line}` (seed {args.model_seed} of that experiment);
-  the finetuning results from it are in `docs/results.md`.
+- Made by: {made_by}; the finetuning results from it are in `docs/results.md`.
 """
     (models / f"{name}.md").write_text(card)
     _log(name, f"exported {path} ({len(data) / 1e6:.2f} MB)")
@@ -450,7 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "frames and proprioception (pixels+proprio)")
     parser.add_argument("--pretrained-from", default="",
                         help="a `tdmpc-ros pretrain` run directory whose latest.safetensors "
-                             "is every seed's in-sample model (no pretraining here)")
+                             "is every seed's in-sample model (no pretraining here); {task} in "
+                             "it names the task, e.g. runs/pretrain-{task}-pixels")
     parser.add_argument("--variant", default="shifted",
                         help="task variant of the online trials and evaluations "
                              "(config/variants.yaml)")

@@ -1,8 +1,9 @@
 """Results of ``tools/experiment.py`` as ``docs/results.json``, then ``docs/results.md`` and plots.
 
-    python tools/report.py --out runs/experiment --docs docs
+    python tools/report.py --out runs/experiment [runs/experiment-pixels ...] --docs docs
 
-Reads the JSON files under ``<out>/<task>-<input>/seed<k>/`` and writes, in this order:
+Reads the JSON files under ``<out>/<task>-<input>/seed<k>/`` of every ``--out`` (one
+experiment each, e.g. the state experiment and the pixel one) and writes, in this order:
 
 - ``<docs>/results.json``: per task, evaluation distribution (the variant), input and method,
   ``success_before`` and ``success_after`` (each ``mean``, ``std`` over seeds (ddof 0) and
@@ -10,8 +11,9 @@ Reads the JSON files under ``<out>/<task>-<input>/seed<k>/`` and writes, in this
   exact ``command``; also the pretraining runs with their value checks, and the calibration check;
 - ``<docs>/results.md`` from that JSON alone: tables, the plots, the settings, and a discussion
   written by hand in ``<docs>/results-notes.md`` (copied in);
-- ``<docs>/success_by_trial_<task>.png``: success against online trial, mean over seeds with
-  the spread shaded, one line per method; ``<docs>/pretraining_<task>.png``: the value check.
+- ``<docs>/success_by_trial_<task>[-pixels].png``: success against online trial, mean over
+  seeds with the spread shaded, one line per method; ``<docs>/pretraining_<task>[-pixels].png``:
+  the value check.
 """
 
 from __future__ import annotations
@@ -62,19 +64,27 @@ def _method_key(method: str) -> tuple[int, str]:
 # ---- results.json ---------------------------------------------------------------------------
 
 
-def collect(out: Path, command: str = "") -> dict[str, Any]:
-    """Everything of one experiment directory as the results.json document."""
-    settings_path = out / "settings.json"
-    settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+def _settings(out: Path) -> dict[str, Any]:
+    path = out / "settings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def collect(outs: Path | list[Path], command: str = "") -> dict[str, Any]:
+    """Everything of one or more experiment directories as the results.json document; each
+    result row keeps the command of the experiment it came from."""
+    outs = [outs] if isinstance(outs, Path) else list(outs)
+    experiments = [_settings(out) for out in outs]
+    settings = experiments[0]
     runs, pretrains, calibrations = [], [], []
-    for path in sorted(out.glob("*/seed*/*.json")):
-        data = json.loads(path.read_text())
-        if path.name.startswith("pretrain_"):
-            pretrains.append(data)
-        elif path.name == "calibration.json":
-            calibrations.append(data)
-        elif "method" in data:
-            runs.append(data)
+    for out, experiment in zip(outs, experiments, strict=True):
+        for path in sorted(out.glob("*/seed*/*.json")):
+            data = {**json.loads(path.read_text()), "command": experiment.get("command", "")}
+            if path.name.startswith("pretrain_"):
+                pretrains.append(data)
+            elif path.name == "calibration.json":
+                calibrations.append(data)
+            elif "method" in data:
+                runs.append(data)
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for run in runs:
         key = (run["task"], run["variant"], run["input"], run["method"])
@@ -96,12 +106,14 @@ def collect(out: Path, command: str = "") -> dict[str, Any]:
             "trial_successes": [[bool(s) for s in r["trial_successes"]] for r in group],
             "pretrain_updates": [r["pretrain_updates"] for r in group],
             "online_updates": group[0]["online_updates"],
-            "command": settings.get("command", ""),
+            "command": group[0]["command"],
         })
     return {
         "command": settings.get("command", ""),
+        "commands": [e.get("command", "") for e in experiments],
         "report_command": command,
         "settings": {k: v for k, v in settings.items() if k != "command"},
+        "experiments": experiments,
         "results": results,
         "pretraining": _pretraining(pretrains),
         "calibration": _calibration(calibrations),
@@ -168,9 +180,9 @@ def _halves(trials: list[list[bool]]) -> tuple[float, float]:
 
 
 def results_table(results: list[dict[str, Any]]) -> list[str]:
-    lines = ["| task | evaluated on | method | success before | success after | change | "
-             "trials, first half | trials, second half | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | evaluated on | input | method | success before | success after | "
+             "change | trials, first half | trials, second half | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         change = "—"
         if r["success_before"] is not None:
@@ -178,36 +190,37 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
             change = f"{diffs.mean():+.2f} ± {diffs.std():.2f}"
         first, second = _halves(r["trial_successes"])
         before = _ms(r["success_before"]) if r["success_before"] else "— (untrained)"
-        lines.append(f"| {r['task']} | {r['distribution']} | {r['label']} | {before} | "
+        lines.append(f"| {r['task']} | {r['distribution']} | {r['input']} | {r['label']} | "
+                     f"{before} | "
                      f"{_ms(r['success_after'])} | {change} | {first:.2f} | {second:.2f} | "
                      f"{len(r['seeds'])} |")
     return lines
 
 
 def per_seed_table(results: list[dict[str, Any]]) -> list[str]:
-    lines = ["| task | method | seed | before | after | trial successes |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| task | input | method | seed | before | after | trial successes |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         for index, seed in enumerate(r["seeds"]):
             before = ("—" if r["success_before"] is None
                       else f"{r['success_before']['per_seed'][index]:.2f}")
             trials = "".join("1" if s else "0" for s in r["trial_successes"][index])
-            lines.append(f"| {r['task']} | {r['method']} | {seed} | {before} | "
+            lines.append(f"| {r['task']} | {r['input']} | {r['method']} | {seed} | {before} | "
                          f"{r['success_after']['per_seed'][index]:.2f} | `{trials}` |")
     return lines
 
 
 def pretraining_table(pretraining: list[dict[str, Any]]) -> list[str]:
-    lines = ["| task | pretraining | dataset episodes (expert success) | updates per seed | "
-             "converged | Q / return on expert data | success, training distribution | "
-             "seconds | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | input | pretraining | dataset episodes (expert success) | "
+             "updates per seed | converged | Q / return on expert data | "
+             "success, training distribution | seconds | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for p in pretraining:
         data = p["dataset"]
         converged = (f"{sum(p['converged'])}/{len(p['converged'])}"
                      if p["pretraining"] == "in_sample" else "n/a (the in-sample budget)")
         lines.append(
-            f"| {p['task']} | {p['pretraining']} | {data['episodes']} "
+            f"| {p['task']} | {p['input']} | {p['pretraining']} | {data['episodes']} "
             f"({data['success_rate']:.0%}) | {', '.join(map(str, p['updates']))} | "
             f"{converged} | {_ms(p['value_ratio'])} | "
             f"{_ms(p['success_train'])} (lambda {p['eval_lambda']:g}) | "
@@ -231,6 +244,11 @@ def calibration_table(calibration: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _plot_name(task: str, kind: str) -> str:
+    """File name part of a task's plots: the task for state input, ``<task>-<input>`` else."""
+    return task if kind == "state" else f"{task}-{kind}"
+
+
 def plot_trials(results: list[dict[str, Any]], docs: Path, sweep: bool) -> list[Path]:
     import matplotlib
 
@@ -240,7 +258,7 @@ def plot_trials(results: list[dict[str, Any]], docs: Path, sweep: bool) -> list[
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         if r["sweep"] == sweep or (sweep and r["method"] in ("fowm", "lambda0")):
-            by_task.setdefault(r["task"], []).append(r)
+            by_task.setdefault(_plot_name(r["task"], r["input"]), []).append(r)
     written = []
     for task, group in by_task.items():
         if sweep and not any(r["sweep"] for r in group):
@@ -264,7 +282,8 @@ def plot_trials(results: list[dict[str, Any]], docs: Path, sweep: bool) -> list[
         axis.set_xlabel("online trial")
         axis.set_ylabel("success (moving mean of 5)")
         axis.set_ylim(-0.02, 1.02)
-        axis.set_title(f"{task} on {group[0]['distribution']}: success during finetuning"
+        axis.set_title(f"{group[0]['task']} ({group[0]['input']}) on {group[0]['distribution']}: "
+                       "success during finetuning"
                        + (" (sweep)" if sweep else ""))
         axis.legend(fontsize=6.5, loc="upper left")
         figure.tight_layout()
@@ -282,9 +301,10 @@ def plot_pretraining(pretraining: list[dict[str, Any]], docs: Path) -> list[Path
     import matplotlib.pyplot as plt
 
     written = []
-    for task in sorted({p["task"] for p in pretraining}, key=_task_key):
+    for task, kind in sorted({(p["task"], p["input"]) for p in pretraining},
+                             key=lambda k: (_task_key(k[0]), k[1] != "state")):
         figure, axis = plt.subplots(figsize=(6.4, 3.4))
-        for p in (p for p in pretraining if p["task"] == task):
+        for p in (p for p in pretraining if (p["task"], p["input"]) == (task, kind)):
             style = "-" if p["pretraining"] == "in_sample" else ":"
             for index, history in enumerate(p["history"]):
                 steps, ratios = zip(*history, strict=True) if history else ((), ())
@@ -293,10 +313,10 @@ def plot_pretraining(pretraining: list[dict[str, Any]], docs: Path) -> list[Path
         axis.axhline(1.0, color="grey", lw=0.8)
         axis.set_xlabel("offline updates")
         axis.set_ylabel("Q / Monte-Carlo return, expert data")
-        axis.set_title(f"{task}: value check during pretraining")
+        axis.set_title(f"{task} ({kind}): value check during pretraining")
         axis.legend(fontsize=6, ncol=2)
         figure.tight_layout()
-        path = docs / f"pretraining_{task}.png"
+        path = docs / f"pretraining_{_plot_name(task, kind)}.png"
         figure.savefig(path, dpi=110)
         plt.close(figure)
         written.append(path)
@@ -308,7 +328,8 @@ def write_markdown(document: dict[str, Any], docs: Path) -> Path:
     main_results = [r for r in results if not r["sweep"]]
     sweep_task = document["settings"].get("sweep_task")
     sweep = [r for r in results if r["sweep"]
-             or (r["task"] == sweep_task and r["method"] in ("fowm", "lambda0"))]
+             or (r["task"] == sweep_task and r["method"] in ("fowm", "lambda0")
+                 and r["command"] == document["command"])]  # the sweep's own experiment
     plots = plot_trials(results, docs, sweep=False)
     sweep_plots = plot_trials(results, docs, sweep=True)
     pretrain_plots = plot_pretraining(document["pretraining"], docs)
@@ -322,14 +343,14 @@ def write_markdown(document: dict[str, Any], docs: Path) -> Path:
         "Written by `tools/report.py` from `docs/results.json`, which it builds from the JSON "
         "files of `tools/experiment.py`; every number is as measured. Offline data comes from "
         "each task's training distribution; the online trials and every evaluation use the "
-        f"variant `{settings.get('variant', '?')}` (`config/variants.yaml`). Success rates are "
+        "variant in the \"evaluated on\" column (`config/variants.yaml`). Success rates are "
         f"over {', '.join(map(str, episodes)) or '?'} fixed evaluation episodes (env seeds "
         "10000.., no exploration), mean ± standard deviation over seeds (ddof 0).",
         "",
         "Made with:",
         "",
         "```",
-        document["command"] or "(unknown command)",
+        *(document.get("commands") or [document["command"] or "(unknown command)"]),
         document["report_command"],
         "```",
         "",
@@ -367,23 +388,28 @@ def write_markdown(document: dict[str, Any], docs: Path) -> Path:
               "many updates as the in-sample model of the same seed.", "",
               *pretraining_table(document["pretraining"]), "",
               *[f"![{p.stem}]({p.name})" for p in pretrain_plots], "",
-              "## Settings", "", "```json", json.dumps(settings, indent=1), "```", "",
+              "## Settings", "",
+              *[line for experiment in document.get("experiments", [settings])
+                for line in ("```json", json.dumps(experiment, indent=1), "```", "")],
               "## Every run", "", *per_seed_table(results), ""]
     path = docs / "results.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def write_report(out: Path, docs: Path, command: str = "") -> Path:
+def write_report(out: Path | list[Path], docs: Path, command: str = "") -> Path:
     docs.mkdir(parents=True, exist_ok=True)
-    document = collect(out, command or f"python tools/report.py --out {out} --docs {docs}")
+    outs = [out] if isinstance(out, Path) else list(out)
+    document = collect(outs, command or "python tools/report.py --out "
+                       f"{' '.join(map(str, outs))} --docs {docs}")
     (docs / "results.json").write_text(json.dumps(document, indent=1))
     return write_markdown(document, docs)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/experiment"))
+    parser.add_argument("--out", type=Path, nargs="+", default=[Path("runs/experiment")],
+                        help="experiment directories (tools/experiment.py --out), merged")
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
     command = "python tools/report.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -75,7 +75,7 @@ def test_experiment_pipeline_tiny(tmp_path: Path) -> None:
     assert {p["pretraining"] for p in document["pretraining"]} == {"in_sample", "max_q"}
     assert document["calibration"][0]["sets"]["pooled"]["spearman"]["per_seed"]
     text = (docs / "results.md").read_text()
-    assert "| lift | shifted | FOWM (lambda 1, balanced) |" in text
+    assert "| lift | shifted | state | FOWM (lambda 1, balanced) |" in text
     assert "python tools/experiment.py" in text and "Sweep on lift" in text
     assert (docs / "success_by_trial_lift.png").stat().st_size > 1000
     assert (docs / "sweep_lift.png").stat().st_size > 1000
