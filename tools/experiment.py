@@ -247,14 +247,14 @@ class Group:
 
     @property
     def pretrained_from(self) -> Path | None:
-        """``--pretrained-from`` for this task (``{task}`` in it names the task), or None."""
+        """``--pretrained-from`` for this task and seed (``{task}`` and ``{seed}`` in it), or
+        None."""
         template = self.args.pretrained_from
-        return Path(template.format(task=self.task)) if template else None
+        return Path(template.format(task=self.task, seed=self.seed)) if template else None
 
     def _take_pretrained(self, run_dir: Path) -> Any:
         """The in-sample model of a ``tdmpc-ros pretrain`` run (``--pretrained-from``): its
-        latest checkpoint becomes this group's, and its value checks its history, so every seed
-        finetunes the same pretrained model (the seeds then differ online only)."""
+        latest checkpoint becomes this group's, and its value checks its history."""
         from tdmpc_ros.core.agent import Agent
         from tdmpc_ros.core.pretraining import PretrainResult
 
@@ -390,8 +390,8 @@ def export_model(args: argparse.Namespace, task: str) -> Path:
     train = record["eval_train"]
     pixels = args.input == "pixels"
     source = record.get("pretrained_from")
-    made_by = (f"`tools/pretrain_pixels.sh {task} ...` (its run directory `{source}`: the "
-               f"command is in its log), then `{args.command_line}`, which evaluated and "
+    made_by = (f"`tools/pretrain_pixels.sh` (its run directory `{source}`; its settings are "
+               f"in its config.yaml), then `{args.command_line}`, which evaluated and "
                f"exported it" if source else
                f"`{args.command_line}` (seed {args.model_seed} of that experiment)")
     card = f"""# {name}: TD-MPC world model pretrained offline (FOWM), {args.input} input
@@ -465,8 +465,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "frames and proprioception (pixels+proprio)")
     parser.add_argument("--pretrained-from", default="",
                         help="a `tdmpc-ros pretrain` run directory whose latest.safetensors "
-                             "is every seed's in-sample model (no pretraining here); {task} in "
-                             "it names the task, e.g. runs/pretrain-{task}-pixels")
+                             "is the in-sample model (no pretraining here); {task} and {seed} "
+                             "in it name the task and seed, e.g. "
+                             "runs/pretrain-{task}-pixels-seed{seed} of tools/pretrain_pixels.sh")
     parser.add_argument("--variant", default="shifted",
                         help="task variant of the online trials and evaluations "
                              "(config/variants.yaml)")
