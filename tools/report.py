@@ -174,9 +174,10 @@ def _ms(stats: dict[str, Any] | None) -> str:
 
 
 def _halves(trials: list[list[bool]]) -> tuple[float, float]:
-    first = [np.mean(t[: len(t) // 2]) for t in trials if t]
+    first = [np.mean(t[: len(t) // 2]) for t in trials if len(t) >= 2]
     second = [np.mean(t[len(t) // 2:]) for t in trials if t]
-    return float(np.mean(first)), float(np.mean(second))
+    return (float(np.mean(first)) if first else float("nan"),
+            float(np.mean(second)) if second else float("nan"))
 
 
 def results_table(results: list[dict[str, Any]]) -> list[str]:

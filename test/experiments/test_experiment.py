@@ -106,3 +106,41 @@ def test_shipped_model_loads_and_acts(name: str) -> None:
         env.close()
     assert action.shape == env.action_space.shape
     assert np.isfinite(action).all() and np.all(np.abs(action) <= 1.0)
+
+
+def test_pixel_experiment_on_distractors_from_a_pretraining_run(tmp_path: Path) -> None:
+    """--input pixels finetunes the model of a `tdmpc-ros pretrain` run (--pretrained-from,
+    {task} and {seed} in it) on the distractors variant, from camera frames, and the report
+    keeps the pixel rows apart from the state ones."""
+    from tdmpc_ros import cli
+    from tdmpc_ros.sim.datasets import generate_dataset
+
+    experiment, report = _load_tool("experiment"), _load_tool("report")
+    data, out = tmp_path / "data", tmp_path / "out"
+    generate_dataset("lift", data / "lift-pixels", 2, seed=0, pixels=True)
+    run = tmp_path / "pretrain-lift-pixels-seed0"
+    assert cli.main(["pretrain", "--dataset", str(data / "lift-pixels"), "--out", str(run),
+                     "--updates", "4", "--threads", "1", "--device", "cpu",
+                     "--set", "model.obs_type=pixels+proprio", "--set", "model.mlp_dim=16",
+                     "--set", "learner.batch_size=4", "--set", "run.convergence_check_every=2",
+                     "--set", "run.convergence_min_updates=0"]) == 0
+    argv = ["--tasks", "lift", "--seeds", "0", "--input", "pixels", "--variant", "distractors",
+            "--pretrained-from", str(tmp_path / "pretrain-{task}-pixels-seed{seed}"),
+            "--methods", "fowm", "pretrained", "--stages", "pretrain", "finetune",
+            "--trials", "1", "--eval-episodes", "1", "--dataset-episodes", "2",
+            "--mlp-dim", "16", "--batch-size", "4", "--num-samples", "8", "--iterations", "1",
+            "--num-elites", "2", "--workers", "1", "--data", str(data), "--out", str(out)]
+    assert experiment.main(argv) == 0
+    group = out / "lift-pixels" / "seed0"
+    pretrain = json.loads((group / "pretrain_in_sample.json").read_text())
+    assert pretrain["input"] == "pixels" and pretrain["updates"] == 4
+    assert pretrain["pretrained_from"] == str(run)
+    assert pretrain["config"]["model"]["obs_type"] == "pixels+proprio"
+    fowm = json.loads((group / "fowm.json").read_text())
+    assert fowm["input"] == "pixels" and fowm["variant"] == "distractors"
+    assert fowm["online_updates"] == 25 and fowm["pretrain_updates"] == 4
+    docs = tmp_path / "docs"
+    report.write_report([out], docs)
+    text = (docs / "results.md").read_text()
+    assert "| lift | distractors | pixels | FOWM (lambda 1, balanced) |" in text
+    assert (docs / "success_by_trial_lift-pixels.png").exists()
