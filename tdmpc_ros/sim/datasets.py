@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tdmpc_ros.core.episodes import Episode, EpisodeFormatError, load_episode, save_episode
-from tdmpc_ros.sim.env import XArmTaskEnv
+from tdmpc_ros.sim.env import IMAGE_SIZE, XArmTaskEnv
 from tdmpc_ros.sim.experts import draw_skill, make_expert
 from tdmpc_ros.tasks import TASKS
 
@@ -86,12 +86,14 @@ def generate_dataset(
     pixels: bool = False,
     progress: Callable[[str], None] | None = None,
     variant: str | None = None,
+    image_size: int = IMAGE_SIZE,
 ) -> dict[str, object]:
     """Write episodes 0..episodes-1 of ``task`` to ``out``, skipping those already written.
 
     ``variant`` (``tasks.with_variant``) places the cube and target as that variant does; the
     offline data for pretraining comes from the training distribution (no variant), a variant's
-    scripted episodes serve as held-out data off that distribution.
+    scripted episodes serve as held-out data off that distribution. ``image_size``: the side of
+    the square camera frames when ``pixels`` (the model's ``model.image_size``).
 
     Returns a summary: counts written and skipped, and the success rate over all episodes.
     """
@@ -117,7 +119,8 @@ def generate_dataset(
                     episode = None  # unreadable: write it again
             if episode is None:
                 if env is None:
-                    env = XArmTaskEnv(task, render_pixels=pixels, variant=variant)
+                    env = XArmTaskEnv(task, render_pixels=pixels, variant=variant,
+                                      image_size=image_size)
                 episode = record_episode(env, seed, index)
                 save_episode(episode, out)
                 written += 1
@@ -159,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="directory for the episode files")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pixels", action="store_true", help="also record 84x84 RGB images")
+    parser.add_argument("--pixels", action="store_true", help="also record RGB camera frames")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                        help=f"side of the square frames with --pixels (default {IMAGE_SIZE}, "
+                             "as in the paper; the model's model.image_size)")
     parser.add_argument("--quiet", action="store_true", help="no per-episode progress lines")
     parser.add_argument("--variant", default="",
                         help="place cube and target as this variant does (config/variants.yaml); "
@@ -172,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = generate_dataset(
         args.task, args.out, args.episodes, args.seed, args.pixels,
         progress=None if args.quiet else report, variant=args.variant or None,
+        image_size=args.image_size,
     )
     print(json.dumps(summary), flush=True)
     return 0

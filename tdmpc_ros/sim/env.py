@@ -6,8 +6,9 @@ Observations (a ``gymnasium.spaces.Dict``):
   cube's centre x, y, z (push, lift) and the target x, y, z (reach, push); see
   ``TaskSpec.state_layout``. Sizes: reach 7, push 10, lift 7.
 - ``proprio`` float32 (4,): TCP x, y, z and gripper opening, what the real arm measures.
-- ``pixels`` uint8 (84, 84, 3), height x width x RGB, from the fixed front camera; only with
-  ``render_pixels=True``.
+- ``pixels`` uint8 (S, S, 3), height x width x RGB, from the fixed front camera; only with
+  ``render_pixels=True``. S is ``image_size``: 84 as in the paper, or e.g. 64 (a smaller
+  encoder input, about half the arithmetic per frame).
 
 Episodes last exactly ``spec.episode_length`` (25) agent steps and end by truncation: success
 does not terminate them, as in the paper's xArm tasks (a policy should also learn to stay at
@@ -52,6 +53,7 @@ class XArmTaskEnv(gymnasium.Env):
         render_mode: str | None = None,
         render_size: int = 256,
         variant: str | dict[str, Any] | None = None,
+        image_size: int = IMAGE_SIZE,
     ) -> None:
         self.task_spec: TaskSpec = get_task(task, variant)
         if render_mode not in (None, "rgb_array"):
@@ -59,6 +61,9 @@ class XArmTaskEnv(gymnasium.Env):
         self.render_mode = render_mode
         self.render_pixels = render_pixels
         self.render_size = render_size
+        if not 16 <= image_size <= 1024:
+            raise ValueError(f"image_size must be 16..1024 pixels, got {image_size}")
+        self.image_size = image_size
         self.arm = MujocoArm(self.task_spec)
         task_spec = self.task_spec
         self.metadata = {**self.metadata, "render_fps": 1.0 / task_spec.agent_period_s}
@@ -70,7 +75,7 @@ class XArmTaskEnv(gymnasium.Env):
         }
         if render_pixels:
             observation["pixels"] = spaces.Box(
-                0, 255, shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
+                0, 255, shape=(image_size, image_size, 3), dtype=np.uint8
             )
         self.observation_space = spaces.Dict(observation)
         self._first_seed = seed
@@ -127,7 +132,7 @@ class XArmTaskEnv(gymnasium.Env):
             "proprio": proprio_vector(positions["ee_pos"], positions["gripper"]),
         }
         if self.render_pixels:
-            observation["pixels"] = self.arm.render(IMAGE_SIZE, IMAGE_SIZE)
+            observation["pixels"] = self.arm.render(self.image_size, self.image_size)
         return observation
 
 

@@ -223,3 +223,23 @@ def test_a_mirror_renders_exactly_what_the_original_shows() -> None:
         mirror.set_physics_positions(np.zeros(3), np.zeros((1, 3)))
     original.close()
     mirror.close()
+
+
+def test_camera_frames_take_the_models_image_size() -> None:
+    """64x64 frames (model.image_size 64) come straight from the renderer, and a dataset made
+    at that size is what a 64x64 model's spec asks for."""
+    from tdmpc_ros.core.config import Config
+    from tdmpc_ros.core.world_model import ModelSpec, WorldModel
+
+    env = XArmTaskEnv("reach", render_pixels=True, seed=0, image_size=64)
+    try:
+        observation, _ = env.reset(seed=0)
+    finally:
+        env.close()
+    assert observation["pixels"].shape == (64, 64, 3) == env.observation_space["pixels"].shape
+    assert observation["pixels"].std() > 5  # a picture, not a blank
+    spec = ModelSpec.from_observation(observation, 4)
+    WorldModel(Config().replace(**{"model.obs_type": "pixels+proprio", "model.image_size": 64}),
+               spec)
+    with pytest.raises(ValueError, match="image_size"):
+        XArmTaskEnv("reach", image_size=8)
