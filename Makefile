@@ -13,6 +13,7 @@ setup:  ## Debian packages, the venv with pinned packages, and the colcon build 
 	bash tools/setup.sh
 
 test: setup  ## set up, then run every test and the linter
+	bash tools/setup_ros2_cli.sh
 	$(ENV) pytest
 	$(ENV) ruff check .
 
