@@ -4,7 +4,7 @@
 # checkpoint. Niced, one torch thread, progress in the run's log.txt.
 #   tools/pretrain_pixels.sh TASK [MAX_UPDATES [MIN_UPDATES]]
 # It stops at MAX_UPDATES (default 20000) or, after MIN_UPDATES (default 2000), once the value
-# check has passed twice in a row (tdmpc_ros/core/pretraining.py). SEED (default 0) seeds the
+# check has passed twice in a row (tdmpc_ros/core/pretraining.py). SEED (default 1, the config's) seeds the
 # model and its updates; the run is runs/pretrain-<task>-pixels-seed<SEED>.
 set -euo pipefail
 task=${1:?usage: tools/pretrain_pixels.sh TASK [MAX_UPDATES [MIN_UPDATES]]}
@@ -15,7 +15,7 @@ cd "$repo"
 # shellcheck disable=SC1091
 source tools/env.sh
 data=data/$task-pixels
-seed=${SEED:-0}
+seed=${SEED:-1}
 out=runs/pretrain-$task-pixels-seed$seed
 mkdir -p "$out"
 if [ ! -f "$data/.complete" ]; then
