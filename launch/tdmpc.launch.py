@@ -56,7 +56,8 @@ def _nodes(context, *_, **__) -> list:
                  namespace=arguments["namespace"], arguments=["-d", str(config / "tdmpc.rviz")],
                  output="log")] if arguments["rviz"] == "true" else []
     actions: list = list(rviz)
-    for node in graph.NODES:
+    selected = graph.selected_nodes(arguments)
+    for node in (node for node in graph.NODES if node.name in selected):
         action = Node(
             package=graph.PACKAGE,
             executable=node.executable,

@@ -253,6 +253,10 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("device", "auto", "where the planner and learner run: auto (CUDA when "
                    "there is a GPU), cpu, cuda or cuda:N"),
     LaunchArgument("namespace", "", "ROS namespace for every node and topic (one per arm)"),
+    LaunchArgument("nodes", "", "the nodes to start on this host, comma-separated (empty: all "
+                   "of them). Split a graph over hosts, e.g. the learner on a GPU server "
+                   "(nodes:=learner) and nodes:=camera,robot_driver,planner,replay_recorder,"
+                   "trial_supervisor on the robot PC"),
     LaunchArgument("run_dir", "runs/stack", "where the run's episodes, checkpoints, summary "
                    "and plots go; a restarted stack with the same run_dir carries on"),
     LaunchArgument("dataset", "", "the offline dataset the learner samples half of each batch "
@@ -280,12 +284,24 @@ def check_launch_arguments(values: dict[str, Any]) -> dict[str, str]:
         if argument.choices and merged[argument.name] not in argument.choices:
             raise ValueError(f"{argument.name}:={merged[argument.name]} is not one of "
                              f"{'|'.join(argument.choices)}")
+    unknown_nodes = set(selected_nodes(merged)) - {node.name for node in NODES}
+    if unknown_nodes:
+        raise ValueError(f"nodes:={merged['nodes']} names no node {sorted(unknown_nodes)}; "
+                         f"nodes: {','.join(node.name for node in NODES)}")
     if not merged["trials"].isdigit() or int(merged["trials"]) < 1:
         raise ValueError(f"trials:={merged['trials']} must be a positive whole number")
     speed = merged["max_speed_mm_s"]
     if speed and not (speed.replace(".", "", 1).isdigit() and 0 < float(speed) <= 1000):
         raise ValueError(f"max_speed_mm_s:={speed} must be a speed in (0, 1000] mm/s")
     return merged
+
+
+def selected_nodes(arguments: dict[str, str]) -> tuple[str, ...]:
+    """The names of the nodes that ``nodes:=`` starts on this host, in the graph's order."""
+    wanted = [name.strip() for name in arguments.get("nodes", "").split(",") if name.strip()]
+    if not wanted:
+        return tuple(node.name for node in NODES)
+    return tuple(dict.fromkeys(wanted))
 
 
 # The camera source that goes with each robot backend.

@@ -74,7 +74,10 @@ def node_processes(arguments: dict[str, str]) -> list[Process]:
     """One process per node of the graph, with the parameters the launch file would give it."""
     config = config_directory()
     processes = []
+    selected = graph.selected_nodes(arguments)
     for node in graph.NODES:
+        if node.name not in selected:
+            continue
         command = [sys.executable, "-m", node.module, "--ros-args", "-r", f"__node:={node.name}"]
         if arguments["namespace"]:
             command += ["-r", f"__ns:=/{arguments['namespace'].strip('/')}"]

@@ -194,3 +194,16 @@ def test_the_sros2_policy_lets_each_node_use_only_its_own_topics() -> None:
     assert "/diagnostics" in rules["trial_supervisor"]["subscribe"]  # absolute, not namespaced
     for node in graph.NODES:  # every topic a node names is in the graph
         assert set(node.subscribes) | set(node.publishes) <= set(graph.TOPICS), node.name
+
+
+def test_nodes_argument_starts_a_part_of_the_graph_on_this_host() -> None:
+    """nodes:= picks which nodes this host starts (the learner on a GPU server), in both
+    launchers; a name that is not a node is refused, naming the known ones."""
+    from tdmpc_ros.launcher import node_processes
+
+    assert [p.name for p in node_processes(graph.check_launch_arguments({}))] == \
+        [node.name for node in graph.NODES]
+    chosen = graph.check_launch_arguments({"nodes": "learner, planner"})
+    assert [p.name for p in node_processes(chosen)] == ["planner", "learner"]  # graph order
+    with pytest.raises(ValueError, match="names no node \\['learnr'\\]"):
+        graph.check_launch_arguments({"nodes": "learnr"})

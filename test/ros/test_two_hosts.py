@@ -72,16 +72,20 @@ def test_the_learner_on_another_host_trains_and_its_weights_are_used(
     assert datasets.main(["--task", "reach", "--episodes", "6", "--out", str(data),
                           "--quiet"]) == 0
     run_dir = tmp_path / "run"
-    arguments = parse_arguments(["task:=reach", "trials:=3", f"run_dir:={run_dir}",
-                                 f"dataset:={data}", "device:=cpu"])
+    common = ["task:=reach", "trials:=3", f"run_dir:={run_dir}", f"dataset:={data}",
+              "device:=cpu"]
+    # The README's split: every node but the learner on the robot PC, the learner on the GPU
+    # server (one launcher here for both, so that one test owns every process).
+    robot = node_processes(parse_arguments(
+        [*common, "nodes:=camera,robot_driver,planner,replay_recorder,trial_supervisor"]))
+    gpu = node_processes(parse_arguments([*common, "nodes:=learner"]))
+    assert [p.name for p in gpu] == ["learner"] and "learner" not in [p.name for p in robot]
     extra = {"trial_supervisor": ("-p", "max_steps:=8"),
              "learner": ("-p", "publish_every_updates:=4", "-p", "publish_every_s:=2.0")}
     processes = [
-        Process(p.name, ("ip", "netns", "exec",
-                         two_hosts["gpu" if p.name == "learner" else "robot"],
-                         *p.command, *extra.get(p.name, ())),
-                required=p.required, respawn=p.respawn)
-        for p in node_processes(arguments)]
+        Process(p.name, ("ip", "netns", "exec", two_hosts[host], *p.command,
+                         *extra.get(p.name, ())), required=p.required, respawn=p.respawn)
+        for host, group in (("robot", robot), ("gpu", gpu)) for p in group]
     environment = {**ros_env,
                    # what a lab sets on both machines (README, "learner on a GPU server")
                    "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
