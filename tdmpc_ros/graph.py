@@ -87,6 +87,10 @@ QOS = {
                   why="episode events: a node that starts late still sees the trials so far"),
     "weights": Qos(True, 1, latched=True,
                    why="model weights: a planner that starts late gets the latest version"),
+    "tf": Qos(True, 100, why="transforms, as tf2's broadcasters send them (reliable, 100)"),
+    "tf_static": Qos(True, 1, latched=True,
+                     why="fixed transforms, sent once: every late reader gets them (as tf2's "
+                     "static broadcaster)"),
 }
 
 
@@ -139,6 +143,14 @@ TOPICS: dict[str, Topic] = {topic.name: topic for topic in (
           "the operator's success / failure marks, pause, resume and abort"),
     Topic("learner/weights", "tdmpc_ros/msg/ModelWeights", "weights",
           "new model weights (safetensors, checked by sha256 before use)"),
+    Topic("/tf", "tf2_msgs/msg/TFMessage", "tf",
+          "the arm's links from the base (link_base) to the tool centre point (link_tcp), "
+          "stamped as robot/state; global, as tf2 expects"),
+    Topic("/tf_static", "tf2_msgs/msg/TFMessage", "tf_static",
+          "fixed frames: the camera's optical frame on link_base (simulated camera)"),
+    Topic("/robot_description", "std_msgs/msg/String", "tf_static",
+          "the simulated arm's URDF (urdf/tdmpc_xarm_sim.urdf), for rviz's RobotModel; a lab's "
+          "robot_state_publisher with the xArm's URDF sends it for the real arm"),
     Topic("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", "monitor",
           "each node's health, for rqt_robot_monitor and the launcher's summary"),
 )}
@@ -183,13 +195,14 @@ NODES: tuple[NodeSpec, ...] = (
              "camera",
              subscribes=("world/state",),  # the simulated camera renders the simulated world
              publishes=("camera/image_raw", "camera/camera_info", "camera/depth/image_raw",
-                        "/diagnostics")),
+                        "/tf_static", "/diagnostics")),
     NodeSpec("robot_driver", "robot_driver_node", "tdmpc_ros.nodes.robot_driver",
              "robot_driver.yaml",
              "moves the arm (MuJoCo, Gazebo or the real xArm) within the workspace and safety "
              "limits",
              subscribes=("robot/action", "trial/events", "robot/emergency_stop"),
-             publishes=("robot/state", "world/state", "/diagnostics"),
+             publishes=("robot/state", "world/state", "/tf", "/robot_description",
+                        "/diagnostics"),
              services=("robot/emergency_stop",)),
     NodeSpec("planner", "planner_node", "tdmpc_ros.nodes.planner", "planner.yaml",
              "plans each action with the world model and uncertainty-regularised MPPI",

@@ -95,10 +95,19 @@ if ! command -v colcon >/dev/null; then
   log "colcon not found: install it with your ROS 2 (apt install python3-colcon-common-extensions)"
   exit 1
 fi
+# tf2_msgs (the /tf message): a lab's ROS 2 has it; the PyPI wheels do not, so build the copy in
+# third_party/ then, and only then (a lab's own is never shadowed).
+base_paths=("$repo")
+if ! "$venv/bin/python" -c "import tf2_msgs.msg" 2>/dev/null \
+    && [ ! -d "$repo/install/tf2_msgs" ]; then
+  base_paths+=("$repo/third_party/tf2_msgs")
+elif [ -d "$repo/install/tf2_msgs" ]; then
+  base_paths+=("$repo/third_party/tf2_msgs")  # built here before: keep it up to date
+fi
 log "colcon build"
 mkdir -p "$repo/log"
 # --symlink-install: edits to existing Python files and configs take effect without a rebuild.
-colcon --log-base "$repo/log" build --base-paths "$repo" --build-base "$repo/build" \
+colcon --log-base "$repo/log" build --base-paths "${base_paths[@]}" --build-base "$repo/build" \
   --install-base "$repo/install" --symlink-install --event-handlers console_cohesion- summary- \
   --cmake-args -DPython3_EXECUTABLE="$venv/bin/python" -DBUILD_TESTING=OFF -Wno-dev "${cmake_extra[@]}" \
   > "$repo/log/colcon-build.log" 2>&1 \

@@ -132,6 +132,8 @@ class Camera(Node):
 
             self.mirror = MujocoArm(get_task(self.params.task, self.params.variant))
             subscribe(self, "world/state", self.on_world_state)
+            self.static_tf_publisher = publisher(self, "/tf_static")
+            self.static_tf_publisher.publish(self.sim_camera_frame())
         elif self.params.source in ("realsense", "opencv"):
             self.source = make_source(self.params, self.warn)
             if self.params.enable_depth:
@@ -222,14 +224,31 @@ class Camera(Node):
         publish_checked(self.info_publisher, self.camera_info(image.header))
         self.frames += 1
 
+    def sim_camera_frame(self) -> Any:
+        """/tf_static: the simulated camera's optical frame on the arm's base, where the scene
+        puts it (a real camera's mount is the lab's calibration, published by its own tools)."""
+        from geometry_msgs.msg import TransformStamped
+        from tf2_msgs.msg import TFMessage
+
+        from tdmpc_ros.sim.frames import BASE_FRAME, camera_optical_transform
+
+        translation, rotation = camera_optical_transform()
+        transform = TransformStamped()
+        transform.header.stamp = self.get_clock().now().to_msg()
+        transform.header.frame_id, transform.child_frame_id = BASE_FRAME, self.params.frame_id
+        t, r = transform.transform.translation, transform.transform.rotation
+        t.x, t.y, t.z = (float(v) for v in translation)
+        r.x, r.y, r.z, r.w = (float(v) for v in rotation)
+        return TFMessage(transforms=[transform])
+
     def camera_info(self, header: Any, camera: Intrinsics | None = None) -> CameraInfo:
         info = CameraInfo(header=header, width=self.params.width, height=self.params.height)
         info.distortion_model = "plumb_bob"
         info.d = [0.0] * 5
-        if camera is None:
-            # A pinhole with the simulated camera's field of view is not needed by the model;
-            # report an ideal camera centred on the image.
-            focal = float(self.params.width)
+        if camera is None:  # the simulated camera: a pinhole with the scene's field of view
+            from tdmpc_ros.sim.frames import camera_focal_px
+
+            focal = camera_focal_px(self.params.height)
             camera = Intrinsics(self.params.width, self.params.height, focal, focal,
                                 self.params.width / 2.0, self.params.height / 2.0)
         fx, fy, cx, cy = (float(value) for value in (camera.fx, camera.fy, camera.cx, camera.cy))

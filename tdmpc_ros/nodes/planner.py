@@ -276,7 +276,8 @@ class Planner(Node):
     def markers(self, observation: Observation, summary: PlanSummary) -> MarkerArray:
         """The planned end-effector path: the plan's xyz deltas through the driver's own
         action_to_target from the current pose, each point coloured green (certain) to red
-        (uncertain) by the Q-ensemble std at that step."""
+        (uncertain) by the Q-ensemble std at that step; and the target and the cube where the
+        task has them (namespaces target, object)."""
         position = observation.positions()["ee_pos"]
         points = [position]
         for action in summary.actions:
@@ -294,7 +295,23 @@ class Planner(Node):
             path.points.append(Point(x=float(point[0]), y=float(point[1]), z=float(point[2])))
             share = float(uncertainty) / scale
             path.colors.append(ColorRGBA(r=share, g=1.0 - share, b=0.0, a=1.0))
-        return MarkerArray(markers=[path])
+        markers = [path]
+        positions = observation.positions()
+        for name, kind, size, colour in (
+                ("target_pos", Marker.SPHERE, 0.03, ColorRGBA(r=0.15, g=0.8, b=0.25, a=0.8)),
+                ("object_pos", Marker.CUBE, 0.04, ColorRGBA(r=0.85, g=0.15, b=0.1, a=0.9))):
+            where = positions.get(name)
+            if where is None:
+                continue
+            marker = Marker(type=kind, action=Marker.ADD, ns=name.removesuffix("_pos"), id=0)
+            marker.header = path.header
+            marker.pose.position = Point(x=float(where[0]), y=float(where[1]),
+                                         z=float(where[2]))
+            marker.pose.orientation.w = 1.0
+            marker.scale.x = marker.scale.y = marker.scale.z = size
+            marker.color, marker.lifetime = colour, Duration(sec=1)
+            markers.append(marker)
+        return MarkerArray(markers=markers)
 
     def diagnostics(self) -> tuple[int, str, dict[str, Any]]:
         level = ERROR if (self.weights_refused and not self.plans) or self.unplannable else (

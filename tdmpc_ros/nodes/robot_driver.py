@@ -60,6 +60,7 @@ class DriverParams:
     backend: str = param("sim (MuJoCo), real (xArm) or gazebo")
     robot_ip: str = param("real only: the xArm controller's IP address")
     base_frame: str = param("frame of every pose: the robot base")
+    publish_tf: bool = param("publish the arm's frames on /tf (link_base .. link_tcp)")
     sim_seed: int = param("simulator only: seed of the scene of each trial (with the trial)")
     max_action_age_s: float = param("refuse an action computed from an observation older than "
                                     "this (seconds); 0 turns the check off")
@@ -177,6 +178,14 @@ class RobotDriver(Node):
         self.reading: tuple[np.ndarray, float, np.ndarray] | None = None  # last good one
         self.state_publisher = publisher(self, "robot/state")
         self.world_publisher = publisher(self, "world/state")
+        self.tf_publisher = publisher(self, "/tf") if self.params.publish_tf else None
+        if self.params.publish_tf and hasattr(self.backend, "link_transforms"):
+            from std_msgs.msg import String
+
+            from tdmpc_ros.sim.frames import installed_urdf
+
+            self.description_publisher = publisher(self, "/robot_description")
+            self.description_publisher.publish(String(data=installed_urdf().read_text()))
         subscribe(self, "robot/action", self.on_action, self.on_refused)
         subscribe(self, "trial/events", self.on_event)
         subscribe(self, "robot/emergency_stop", self.on_emergency_stop_topic)
@@ -392,6 +401,35 @@ class RobotDriver(Node):
         # The world first: whoever waits for a robot state then finds its world state there.
         publish_checked(self.world_publisher, world)
         publish_checked(self.state_publisher, state)
+        if self.tf_publisher is not None:
+            self.tf_publisher.publish(self.transforms(state))
+
+    def transforms(self, state: RobotState) -> Any:
+        """/tf at the state's stamp: every link of the arm from its parent where the backend
+        knows them (the simulator's kinematics), else the base to the measured TCP (a lab's
+        robot_state_publisher with the xArm's URDF adds the links from the joint states)."""
+        from geometry_msgs.msg import TransformStamped
+        from tf2_msgs.msg import TFMessage
+
+        link_transforms = getattr(self.backend, "link_transforms", None)
+        if link_transforms is not None:
+            frames = [(parent if parent != "link_base" else self.params.base_frame, child,
+                       translation, rotation)
+                      for parent, child, translation, rotation in link_transforms()]
+        else:
+            position = state.ee_pose.position
+            frames = [(self.params.base_frame, "link_tcp",
+                       (position.x, position.y, position.z), (0.0, 0.0, 0.0, 1.0))]
+        message = TFMessage()
+        for parent, child, translation, rotation in frames:
+            transform = TransformStamped()
+            transform.header.stamp, transform.header.frame_id = state.header.stamp, parent
+            transform.child_frame_id = child
+            t, r = transform.transform.translation, transform.transform.rotation
+            t.x, t.y, t.z = (float(v) for v in translation)
+            r.x, r.y, r.z, r.w = (float(v) for v in rotation)
+            message.transforms.append(transform)
+        return message
 
     def _read(self) -> tuple[np.ndarray, float, np.ndarray]:
         """The backend's pose, gripper and joints; if reading fails, the robot stops and the

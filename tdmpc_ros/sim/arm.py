@@ -106,6 +106,12 @@ class MujocoArm:
         gap = float(self.data.qpos[self._finger_qpos].sum())
         return float(np.clip(gap / self.spec.gripper_stroke_m, 0.0, 1.0))
 
+    def link_transforms(self) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+        """Each arm link from its parent, now (``tdmpc_ros.sim.frames.link_transforms``)."""
+        from tdmpc_ros.sim.frames import link_transforms
+
+        return link_transforms(self.model, self.data)
+
     def joint_positions(self) -> np.ndarray:
         return self.data.qpos[self._arm_qpos].copy()
 
