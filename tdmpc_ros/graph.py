@@ -143,6 +143,9 @@ TOPICS: dict[str, Topic] = {topic.name: topic for topic in (
           "the operator's success / failure marks, pause, resume and abort"),
     Topic("learner/weights", "tdmpc_ros/msg/ModelWeights", "weights",
           "new model weights (safetensors, checked by sha256 before use)"),
+    Topic("joint_states", "sensor_msgs/msg/JointState", "monitor",
+          "the arm's joint angles (joint1..joint6), for a robot_state_publisher with the "
+          "real xArm's URDF (xarm_description)"),
     Topic("/tf", "tf2_msgs/msg/TFMessage", "tf",
           "the arm's links from the base (link_base) to the tool centre point (link_tcp), "
           "stamped as robot/state; global, as tf2 expects"),
@@ -201,7 +204,8 @@ NODES: tuple[NodeSpec, ...] = (
              "moves the arm (MuJoCo, Gazebo or the real xArm) within the workspace and safety "
              "limits",
              subscribes=("robot/action", "trial/events", "robot/emergency_stop"),
-             publishes=("robot/state", "world/state", "/tf", "/robot_description",
+             publishes=("robot/state", "world/state", "joint_states", "/tf",
+                        "/robot_description",
                         "/diagnostics"),
              services=("robot/emergency_stop",)),
     NodeSpec("planner", "planner_node", "tdmpc_ros.nodes.planner", "planner.yaml",

@@ -179,6 +179,7 @@ class RobotDriver(Node):
         self.state_publisher = publisher(self, "robot/state")
         self.world_publisher = publisher(self, "world/state")
         self.tf_publisher = publisher(self, "/tf") if self.params.publish_tf else None
+        self.joint_publisher = publisher(self, "joint_states")
         if self.params.publish_tf and hasattr(self.backend, "link_transforms"):
             from std_msgs.msg import String
 
@@ -401,6 +402,7 @@ class RobotDriver(Node):
         # The world first: whoever waits for a robot state then finds its world state there.
         publish_checked(self.world_publisher, world)
         publish_checked(self.state_publisher, state)
+        self.joint_publisher.publish(state.joints)
         if self.tf_publisher is not None:
             self.tf_publisher.publish(self.transforms(state))
 
