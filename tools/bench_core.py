@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
@@ -114,18 +115,21 @@ def bench_update(input_kind: str, args: argparse.Namespace, image_size: int = 84
     for _ in range(max(1, args.warmup // 2)):
         agent.update()
     times = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         start = time.perf_counter()
         agent.update()  # sampling a balanced batch included
         if agent.device.type == "cuda":
             torch.cuda.synchronize(agent.device)
         times.append(time.perf_counter() - start)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
     precision = str(agent.learner.dtype).split(".")[-1]
     return {"bench": "update", "input": input_kind, "batch": config.learner.batch_size,
             "image_size": config.model.image_size if input_kind == "pixels" else None,
             "updates_per_s": round(1.0 / statistics.median(times), 2),
             "device": str(agent.device), "threads": torch.get_num_threads(),
-            "precision": precision, "cpu_bf16": cpu_bf16_native() or "none"}
+            "precision": precision, "cpu_bf16": cpu_bf16_native() or "none",
+            "page_faults_per_update": round(faults)}
 
 
 def main(argv: list[str] | None = None) -> int:

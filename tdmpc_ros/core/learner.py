@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tdmpc_ros.core.config import Config
+from tdmpc_ros.core.memory import keep_freed_memory
 from tdmpc_ros.core.planner import resolve_precision
 from tdmpc_ros.core.replay import Batch
 from tdmpc_ros.core.world_model import WorldModel, random_shift
@@ -73,6 +74,7 @@ class Learner:
     )
 
     def __init__(self, model: WorldModel, config: Config | None = None) -> None:
+        keep_freed_memory()  # no page faults for each update's tensors (core/memory.py)
         self.model = model
         self.config = config or model.config
         lr = self.config.learner
