@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from rclpy.node import Node
+from rclpy.time import Time
 
 from tdmpc_ros import graph
 from tdmpc_ros.core.episodes import Episode, EpisodeFormatError, load_episode, save_episode
@@ -167,9 +168,9 @@ class ReplayRecorder(Node):
         self.write_failures = 0
         self.splits = 0
         self.steps_lost = 0
+        self.transition_publisher = publisher(self, "replay/transitions")
         self._resume()
         self.create_timer(0.5, self._tick)
-        self.transition_publisher = publisher(self, "replay/transitions")
         # Catch-up readers: every step counts, a disk write may hold this node up for a while,
         # and a restarted recorder gets what was sent while it was down.
         self.inputs = [subscribe(self, "robot/action", self.on_action, catch_up=True),
@@ -209,8 +210,16 @@ class ReplayRecorder(Node):
             running.last_stamp = float(episode.extras.get("last_stamp", path.stat().st_mtime))
             self.running[episode.episode_id] = running
             self.ended.discard(episode.episode_id)  # its earlier part was split off
+            # A step written to disk may not have left this process on the topic before it
+            # died (killed between the two): send the episode's steps again; the learner
+            # takes each (episode, step) once.
+            stamp = Time(seconds=running.last_stamp).to_msg()
+            for index in range(running.steps):
+                publish_checked(self.transition_publisher, self._transition(
+                    running, index, stamp, stamp, frame_id=""))
             self.get_logger().info(f"resumed {episode.episode_id} at step "
-                                   f"{running.first_step + episode.length}")
+                                   f"{running.first_step + episode.length}; its "
+                                   f"{running.steps} transitions sent again")
 
     # --- inputs --------------------------------------------------------------------------------
 
@@ -381,37 +390,37 @@ class ReplayRecorder(Node):
         running.weights_version.append(int(command.weights_version))
         running.progress_at = time.monotonic()
         running.last_stamp = stamp_seconds(after.stamp)
-        last = after.robot.step >= self.spec.episode_length
         self._write(running, self.partial, truncated=False)
         self.recorded += 1
         self.last_observation[running.episode_id] = after
-        publish_checked(self.transition_publisher,
-                        self._transition(running, before, after, last))
+        publish_checked(self.transition_publisher, self._transition(
+            running, running.steps - 1, before.stamp if before is not None else after.stamp,
+            after.stamp, after.robot.header.frame_id))
         if running.episode_id in self.ending:
             self._finish_ended()
 
-    def _transition(self, running: _Running, before: Observation | None, after: Observation,
-                    last: bool) -> Transition:
-        now, then = running.observations[-1], running.observations[-2]
+    def _transition(self, running: _Running, index: int, before_stamp: Any, stamp: Any,
+                    frame_id: str) -> Transition:
+        """The transition of ``running``'s step ``index`` (0: its first recorded one)."""
+        now, then = running.observations[index + 1], running.observations[index]
         message = Transition()
-        message.header.stamp = after.stamp
-        message.header.frame_id = after.robot.header.frame_id
+        message.header.stamp = stamp
+        message.header.frame_id = frame_id
         message.episode_id = running.episode_id
-        message.step = running.first_step + running.steps - 1
+        message.step = running.first_step + index
         message.task = self.spec.name
         message.source = SOURCES[self.params.backend]
         message.proprio, message.next_proprio = then["proprio"].tolist(), now["proprio"].tolist()
         if "state" in now:  # absent where the object is unknown (the real arm)
             message.state, message.next_state = then["state"].tolist(), now["state"].tolist()
         if "pixels" in now:
-            stamp = before.stamp if before is not None else after.stamp
-            message.image = image_to_msg(then["pixels"], "rgb8", "camera", stamp)
-            message.next_image = image_to_msg(now["pixels"], "rgb8", "camera", after.stamp)
-        message.action = running.actions[-1].tolist()
-        message.reward = running.rewards[-1]
-        message.truncated = last
-        message.success = running.success[-1]
-        message.weights_version = running.weights_version[-1]
+            message.image = image_to_msg(then["pixels"], "rgb8", "camera", before_stamp)
+            message.next_image = image_to_msg(now["pixels"], "rgb8", "camera", stamp)
+        message.action = running.actions[index].tolist()
+        message.reward = running.rewards[index]
+        message.truncated = message.step + 1 >= self.spec.episode_length
+        message.success = running.success[index]
+        message.weights_version = running.weights_version[index]
         return message
 
     def _write(self, running: _Running, directory: Path, truncated: bool) -> None:

@@ -277,3 +277,35 @@ def test_every_interleaving_of_an_episode_records_every_step_once(tmp_path: Path
         np.testing.assert_allclose(episode.actions[:, 0], 0.1 * np.arange(steps), atol=1e-6)
         np.testing.assert_allclose(episode.observations["proprio"][:, 0],
                                    0.3 + 0.01 * np.arange(steps + 1), atol=1e-6)
+
+
+def test_a_restarted_recorder_sends_again_what_it_wrote_before_it_died(ros_env, tmp_path):
+    """Killed between writing a step to disk and sending it: the restarted recorder finds the
+    partial episode and sends its transitions again (the learner takes each step once), so the
+    learner never lacks a step that is on disk."""
+    from tdmpc_ros.core.episodes import Episode, save_episode
+
+    steps, episode_id = 5, "resume-000001"
+    rng = np.random.default_rng(0)
+    partial = Episode(
+        observations={"state": rng.standard_normal((steps + 1, 7)).astype(np.float32),
+                      "proprio": rng.standard_normal((steps + 1, 4)).astype(np.float32)},
+        actions=rng.uniform(-1, 1, (steps, 4)).astype(np.float32),
+        rewards=rng.standard_normal(steps).astype(np.float32),
+        terminated=np.zeros(steps, bool), truncated=np.zeros(steps, bool),
+        success=np.zeros(steps, bool), episode_id=episode_id, task="reach", source="sim",
+        weights_version=np.full(steps, 3), extras={"first_step": 0, "last_stamp": 12.5})
+    save_episode(partial, tmp_path / "episodes" / "partial")
+    with ros_node("resume_test", ros_env) as (node, executor):
+        transitions: list = []
+        listen(node, "replay/transitions", transitions)  # before the recorder: none is missed
+        with _recorder_session(tmp_path, ros_env) as group:
+            spin_until(executor, lambda: len(transitions) >= steps, 60, "the resent steps")
+            log = group.log("replay_recorder")
+    assert [(t.episode_id, t.step) for t in transitions[:steps]] == \
+        [(episode_id, step) for step in range(steps)]
+    for message, step in zip(transitions, range(steps), strict=False):
+        np.testing.assert_allclose(message.action, partial.actions[step], rtol=1e-6)
+        np.testing.assert_allclose(message.next_state, partial.observations["state"][step + 1])
+        assert abs(message.reward - float(partial.rewards[step])) < 1e-6
+    assert f"resumed {episode_id} at step {steps}; its {steps} transitions sent again" in log
