@@ -263,8 +263,11 @@ class Group:
         if agent.config.model.obs_type != self.base["model.obs_type"]:
             raise ValueError(f"{source} is a {agent.config.model.obs_type} model; "
                              f"--input {self.args.input} needs {self.base['model.obs_type']}")
-        history = [record for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                   if (record := json.loads(line)).get("phase") == "pretrain"]
+        by_step = {}  # a run resumed from a checkpoint repeats the checks after it: the last
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            if (record := json.loads(line)).get("phase") == "pretrain":
+                by_step[record["step"]] = record
+        history = [by_step[step] for step in sorted(by_step) if step <= agent.learner.steps]
         last = history[-1]
         tolerance = agent.config.run.convergence_tolerance
         in_a_row = 0
