@@ -3,9 +3,16 @@
 Prints one JSON object a line:
 
     {"bench": "plan", "setting": "paper"|"fast", "input": "state"|"pixels", "ms_per_plan": ...,
-     "device": ..., "threads": ..., "precision": ...}
-    {"bench": "update", "input": "state"|"pixels", "batch": 256, "updates_per_s": ...,
-     "device": ..., "threads": ...}
+     "device": ..., "threads": ..., "precision": ..., "cpu": ..., "cpu_flags": [...],
+     "gflop_per_plan": ..., "gflops": ..., "bound_gflops": ..., "fraction_of_bound": ...}
+    {"bench": "update", "input": "state"|"pixels", "batch": 256, "image_size": ...,
+     "updates_per_s": ..., "device": ..., "threads": ..., "precision": ...,
+     "page_faults_per_update": ...}
+
+``gflop_per_plan`` counts the paper's arithmetic of one plan (``planner.plan_flops``);
+``bound_gflops`` is a large matrix product's rate in the same precision on the same threads,
+measured in the run (near the hardware's peak), and ``fraction_of_bound`` how much of it a plan
+reaches.
 
 "paper" is the paper's planner (512 samples, 6 iterations, 50 elites, horizon 5, 512-wide
 heads, lambda 1); "fast" is ``config.fast_config()`` (256 samples, 4 iterations, 256 wide).
@@ -34,10 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tdmpc_ros.core.agent import Agent  # noqa: E402
 from tdmpc_ros.core.config import Config, fast_config  # noqa: E402
 from tdmpc_ros.core.episodes import Episode  # noqa: E402
-from tdmpc_ros.core.planner import cpu_bf16_native, resolve_precision  # noqa: E402
+from tdmpc_ros.core.planner import (  # noqa: E402
+    cpu_bf16_native,
+    cpu_summary,
+    plan_flops,
+    resolve_precision,
+)
 from tdmpc_ros.core.world_model import ModelSpec  # noqa: E402
 
 STATE_DIM, PROPRIO_DIM, ACTION_DIM = 16, 7, 4  # an xArm-like task
+CPU = cpu_summary()
 
 
 def spec_for(input_kind: str, image_size: int = 84) -> ModelSpec:
@@ -97,11 +110,38 @@ def bench_plan(setting: str, input_kind: str, args: argparse.Namespace) -> dict:
         if agent.device.type == "cuda":
             torch.cuda.synchronize(agent.device)
         times.append((time.perf_counter() - start) * 1e3)
-    precision = str(resolve_precision(config.planner.precision, agent.device)).split(".")[-1]
+    dtype = resolve_precision(config.planner.precision, agent.device)
+    ms = statistics.median(times)
+    gflop = plan_flops(config, spec.obs_shapes, spec.action_dim) / 1e9
+    bound = matmul_gflops(dtype, agent.device)
     return {"bench": "plan", "setting": setting, "input": input_kind,
-            "ms_per_plan": round(statistics.median(times), 2), "device": str(agent.device),
-            "threads": torch.get_num_threads(), "precision": precision,
-            "cuda_graphs": bool(config.planner.cuda_graphs)}
+            "ms_per_plan": round(ms, 2), "device": str(agent.device),
+            "threads": torch.get_num_threads(), "precision": str(dtype).split(".")[-1],
+            "cuda_graphs": bool(config.planner.cuda_graphs), "cpu": CPU["model"],
+            "cpu_flags": CPU["flags"], "gflop_per_plan": round(gflop, 2),
+            "gflops": round(gflop / ms * 1e3, 1), "bound_gflops": round(bound, 1),
+            "fraction_of_bound": round(gflop / ms * 1e3 / bound, 3)}
+
+
+_BOUNDS: dict[tuple[str, str], float] = {}
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, size: int = 2048) -> float:
+    """The arithmetic bound a plan is compared with: GFLOP/s of a large square matrix product
+    in ``dtype`` on these threads (measured once per run; near the hardware's peak)."""
+    key = (str(dtype), str(device))
+    if key not in _BOUNDS:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        torch.mm(a, b)
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 0.5 or runs < 3:
+            torch.mm(a, b)
+            runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        _BOUNDS[key] = 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
+    return _BOUNDS[key]
 
 
 def bench_update(input_kind: str, args: argparse.Namespace, image_size: int = 84) -> dict:

@@ -33,7 +33,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from tdmpc_ros.core.agent import Agent
 from tdmpc_ros.core.checkpoint import CheckpointError
-from tdmpc_ros.core.planner import PlanSummary
+from tdmpc_ros.core.planner import PlanSummary, cpu_bf16_native
 from tdmpc_ros.interfaces import publish_checked
 from tdmpc_ros.msg import ActionCommand, LatentPlan, ModelWeights, RobotState
 from tdmpc_ros.nodes.common import (
@@ -325,7 +325,10 @@ class Planner(Node):
             "weights_refused": self.weights_refused, "last_weights_error":
             self.last_weights_error, "weights_discontinuities": self.weights_discontinuities,
             "last_discontinuity": self.last_discontinuity, "skipped_stale": self.skipped_stale,
-            "unplannable": self.unplannable}
+            "unplannable": self.unplannable,
+            # the precision rule (core.planner.resolve_precision) and what decided it
+            "precision": str(self.agent.planner.dtype).split(".")[-1],
+            "cpu_bf16": cpu_bf16_native() or "none"}
 
 
 def main() -> None:

@@ -285,3 +285,21 @@ def test_planner_follows_learner_updates() -> None:
         torch.testing.assert_close(planner.model.q(z, a), model.q_values(z, a), atol=1e-5,
                                    rtol=1e-4)
         torch.testing.assert_close(planner.model.pi(z), model.policy(z), atol=1e-5, rtol=1e-4)
+
+
+def test_plan_flops_count_the_papers_arithmetic() -> None:
+    """Paper settings, state input: about 76 GFLOP a plan, the Q ensemble 2.9 of the 4.2
+    MFLOP per sample and step (the figures of the speed issue); lambda 0 skips the ensemble at
+    each step; the pixel encoder adds its convolutions once."""
+    from tdmpc_ros.core.config import Config, fast_config
+    from tdmpc_ros.core.planner import plan_flops
+
+    paper = plan_flops(Config(), {"state": (16,)}, 4)
+    assert 74e9 < paper < 78e9
+    lam0 = plan_flops(Config().replace(**{"planner.uncertainty_coef": 0.0}), {"state": (16,)}, 4)
+    per_row_step = (paper - lam0) / ((6 * 512 + 51) * 5)
+    assert abs(per_row_step - 2.9e6) < 0.05e6  # the ensemble's share of a sample-step
+    assert plan_flops(fast_config(), {"state": (16,)}, 4) < paper / 8
+    pixels = plan_flops(Config().replace(**{"model.obs_type": "pixels+proprio"}),
+                        {"pixels": (84, 84, 3), "proprio": (4,)}, 4)
+    assert 25e6 < pixels - paper < 40e6  # four convolutions of one 84x84 frame, about 32 MFLOP
