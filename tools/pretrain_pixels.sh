@@ -5,7 +5,8 @@
 #   tools/pretrain_pixels.sh TASK [MAX_UPDATES [MIN_UPDATES]]
 # It stops at MAX_UPDATES (default 20000) or, after MIN_UPDATES (default 2000), once the value
 # check has passed twice in a row (tdmpc_ros/core/pretraining.py). SEED (default 1, the config's) seeds the
-# model and its updates; the run is runs/pretrain-<task>-pixels-seed<SEED>.
+# model and its updates; the run is runs/pretrain-<task>-pixels-seed<SEED>. A run resumed with
+# another EPISODES carries on from its checkpoint on the new data (its log says so).
 set -euo pipefail
 task=${1:?usage: tools/pretrain_pixels.sh TASK [MAX_UPDATES [MIN_UPDATES]]}
 updates=${2:-20000}
@@ -14,14 +15,14 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 # shellcheck disable=SC1091
 source tools/env.sh
-data=data/$task-pixels
 seed=${SEED:-1}
 out=runs/pretrain-$task-pixels-seed$seed
 mkdir -p "$out"
-if [ ! -f "$data/.complete" ]; then
-  python -m tdmpc_ros.sim.datasets --task "$task" --pixels --out "$data" --seed 0 --quiet
-  touch "$data/.complete"
-fi
+# EPISODES: offline episodes (default: the task's, as in the paper); more go to their own
+# directory. The generator skips the episode files already there, so this is quick once done.
+data=data/$task-pixels${EPISODES:+-$EPISODES}
+python -m tdmpc_ros.sim.datasets --task "$task" --pixels --out "$data" --seed 0 --quiet \
+  ${EPISODES:+--episodes "$EPISODES"} > /dev/null
 exec nice -n 10 python -m tdmpc_ros.cli pretrain --dataset "$data" --out "$out" --resume \
   --env "tdmpc_ros/XArm${task^}-v0" --env-kwargs '{"render_pixels": true}' \
   --eval-episodes 30 --updates "$updates" --threads 1 --device cpu --seed "$seed" \
