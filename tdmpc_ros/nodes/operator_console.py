@@ -100,15 +100,17 @@ def raw_keys(stream: TextIO) -> Iterator[None]:
     descriptor = stream.fileno()
     saved = termios.tcgetattr(descriptor)
     try:
-        tty.setcbreak(descriptor)
+        # TCSADRAIN, not setcbreak's default TCSAFLUSH: a key pressed while the mode changes is
+        # kept, not thrown away
+        tty.setcbreak(descriptor, termios.TCSADRAIN)
         yield
     finally:
         termios.tcsetattr(descriptor, termios.TCSADRAIN, saved)
 
 
 def interactive(console: OperatorConsole, stream: TextIO) -> None:
-    print(HELP, flush=True)
     with raw_keys(stream):
+        print(HELP, flush=True)  # only once keys are read singly: a key pressed at once counts
         while rclpy.ok():
             ready, _, _ = select.select([stream], [], [], 0.2)
             if not ready:
