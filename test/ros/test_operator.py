@@ -167,3 +167,32 @@ def test_the_console_takes_single_keys_on_a_terminal(ros_env) -> None:
     assert os.waitstatus_to_exitcode(status) == 0, output
     assert [message.command for message in received] == [OperatorCommand.PAUSE,
                                                           OperatorCommand.ABORT]
+
+
+def test_a_key_pressed_before_the_console_is_ready_is_not_lost(ros_env) -> None:
+    """A key typed while the console starts (before it reads keys singly) still counts: it is
+    neither thrown away by the terminal mode change nor left waiting for Enter."""
+    import os
+    import pty
+
+    with ros_node("fake_supervisor", ros_env) as (node, executor):
+        received: list[OperatorCommand] = []
+        listen(node, "trial/operator", received)
+        process_id, terminal = pty.fork()
+        if process_id == 0:  # the child: the console on the pseudo-terminal
+            os.execve(sys.executable, [sys.executable, "-m", "tdmpc_ros.nodes.operator_console"],
+                      ros_env)
+        os.write(terminal, b"p")  # at once, while the console is still starting
+        output, deadline = b"", time.monotonic() + 60
+        try:
+            while b"sent pause" not in output:
+                assert time.monotonic() < deadline, f"no b'sent pause' in {output!r}"
+                executor.spin_once(timeout_sec=0.02)
+                ready, _, _ = select.select([terminal], [], [], 0.05)
+                if ready:
+                    output += os.read(terminal, 4096)
+            spin_until(executor, lambda: len(received) == 1, 10, "the pause command")
+            assert received[0].command == OperatorCommand.PAUSE
+        finally:
+            os.kill(process_id, 15)
+            os.waitpid(process_id, 0)
