@@ -11,6 +11,11 @@ import pytest
 # Before anything imports rclpy: discovery never leaves this machine.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 
+# Before any test module imports mujoco, which reads MUJOCO_GL once, at its first import: the
+# package picks the offscreen backend (egl or osmesa) when the variable is unset. A test module
+# that imports mujoco ahead of tdmpc_ros.sim would otherwise get MuJoCo's on-screen default.
+import tdmpc_ros.sim  # noqa: E402, F401
+
 _domain_counter = itertools.count()
 
 

@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"reach-state": ("reach", False), "push-state": ("push", False),
-          "lift-state": ("lift", False), "reach-pixels": ("reach", True)}
+          "lift-state": ("lift", False), "reach-pixels": ("reach", True),
+          "lift-pixels": ("lift", True)}
 
 
 def _load_tool(name: str):
