@@ -281,8 +281,18 @@ def test_every_node_survives_every_malformed_message(ros_env, tmp_path, monkeypa
                    "every node's subscriptions and diagnostics")
 
         # What each node really reads and writes is what graph.py declares (and the SROS2
-        # policy grants, tdmpc_ros/security.py).
+        # policy grants, tdmpc_ros/security.py). A node's name and endpoints reach this node's
+        # graph cache by discovery of their own, which can lag its topics: wait for them.
         common = {"/rosout", "/parameter_events"}
+
+        def discovered(name: str) -> bool:
+            try:
+                return bool(node.get_subscriber_names_and_types_by_node(name, "/"))
+            except RuntimeError:  # rclpy's NodeNameNonExistentError: not discovered yet
+                return False
+
+        spin_until(executor, lambda: all(discovered(spec.name) for spec in graph.NODES), 60,
+                   "every node's name and endpoints in the ROS graph")
         for spec in graph.NODES:
             reads = {name for name, _ in node.get_subscriber_names_and_types_by_node(
                 spec.name, "/")} - common
