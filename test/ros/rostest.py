@@ -77,6 +77,27 @@ def spin_until(executor: SingleThreadedExecutor, done: Callable[[], bool], timeo
 
 
 @contextmanager
+def spinning(executor: SingleThreadedExecutor) -> Iterator[None]:
+    """Spin ``executor`` in a thread while the body runs (e.g. an observer beside a launcher
+    that blocks), and stop it afterwards."""
+    import threading
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@contextmanager
 def peer_process(arguments: list[str], environment: dict[str, str], log_path: Path,
                  ready_line: str = "READY", timeout: float = 60.0) -> Iterator[subprocess.Popen]:
     """Start ``python ARGUMENTS`` as a separate process, wait for its ready line, and make sure

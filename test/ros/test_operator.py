@@ -4,6 +4,7 @@ which ends a trial so marked, holds the robot on pause, and aborts the run with 
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import sys
@@ -125,46 +126,62 @@ def test_operator_marks_pauses_and_aborts_the_trials(tmp_path, ros_env) -> None:
     assert first.extras["success"] is False and "cube slipped" in first.extras["detail"]
 
 
+class _Terminal:
+    """The operator console on a pseudo-terminal, as an operator runs it."""
+
+    def __init__(self, ros_env: dict[str, str], executor) -> None:
+        import pty
+
+        self.executor, self.output = executor, b""
+        self.process_id, self.terminal = pty.fork()
+        if self.process_id == 0:  # the child: the console on the pseudo-terminal
+            os.execve(sys.executable, [sys.executable, "-m", "tdmpc_ros.nodes.operator_console"],
+                      ros_env)
+
+    def press(self, keys: bytes) -> None:
+        os.write(self.terminal, keys)
+
+    def read_until(self, text: bytes, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        while text not in self.output:
+            assert time.monotonic() < deadline, f"no {text!r} in {self.output!r}"
+            self.executor.spin_once(timeout_sec=0.02)
+            ready, _, _ = select.select([self.terminal], [], [], 0.05)
+            if ready:
+                self.output += os.read(self.terminal, 4096)
+
+    def close(self) -> int:
+        """Stop the console if it still runs; its exit code."""
+        finished, status = os.waitpid(self.process_id, os.WNOHANG)
+        if not finished:
+            os.kill(self.process_id, 15)
+            _, status = os.waitpid(self.process_id, 0)
+        os.close(self.terminal)
+        return os.waitstatus_to_exitcode(status)
+
+
 def test_the_console_takes_single_keys_on_a_terminal(ros_env) -> None:
     """On a terminal the console reads keys without Enter; abort needs a second press."""
-    import os
-    import pty
-
     with ros_node("fake_supervisor", ros_env) as (node, executor):
         received: list[OperatorCommand] = []
         listen(node, "trial/operator", received)
-        process_id, terminal = pty.fork()
-        if process_id == 0:  # the child: the console on the pseudo-terminal
-            os.execve(sys.executable, [sys.executable, "-m", "tdmpc_ros.nodes.operator_console"],
-                      ros_env)
-        output = b""
-
-        def read_until(text: bytes, seconds: float = 30.0) -> None:
-            nonlocal output
-            deadline = time.monotonic() + seconds
-            while text not in output:
-                assert time.monotonic() < deadline, f"no {text!r} in {output!r}"
-                executor.spin_once(timeout_sec=0.02)
-                ready, _, _ = select.select([terminal], [], [], 0.05)
-                if ready:
-                    output += os.read(terminal, 4096)
-
+        console = _Terminal(ros_env, executor)
         try:
-            read_until(b"keys:")
-            os.write(terminal, b"p")
-            read_until(b"sent pause")
-            os.write(terminal, b"a")
-            read_until(b"press a again")
-            os.write(terminal, b"x")
-            read_until(b"not aborted")
-            os.write(terminal, b"aa")
-            read_until(b"sent abort")
-            os.write(terminal, b"q")
-            _, status = os.waitpid(process_id, 0)
+            console.read_until(b"keys:")
+            console.press(b"p")
+            console.read_until(b"sent pause")
+            console.press(b"a")
+            console.read_until(b"press a again")
+            console.press(b"x")
+            console.read_until(b"not aborted")
+            console.press(b"aa")
+            console.read_until(b"sent abort")
+            console.press(b"q")
+            _, status = os.waitpid(console.process_id, 0)
             spin_until(executor, lambda: len(received) >= 2, 10, "the commands")
         finally:
-            os.close(terminal)
-    assert os.waitstatus_to_exitcode(status) == 0, output
+            os.close(console.terminal)
+    assert os.waitstatus_to_exitcode(status) == 0, console.output
     assert [message.command for message in received] == [OperatorCommand.PAUSE,
                                                           OperatorCommand.ABORT]
 
@@ -172,27 +189,14 @@ def test_the_console_takes_single_keys_on_a_terminal(ros_env) -> None:
 def test_a_key_pressed_before_the_console_is_ready_is_not_lost(ros_env) -> None:
     """A key typed while the console starts (before it reads keys singly) still counts: it is
     neither thrown away by the terminal mode change nor left waiting for Enter."""
-    import os
-    import pty
-
     with ros_node("fake_supervisor", ros_env) as (node, executor):
         received: list[OperatorCommand] = []
         listen(node, "trial/operator", received)
-        process_id, terminal = pty.fork()
-        if process_id == 0:  # the child: the console on the pseudo-terminal
-            os.execve(sys.executable, [sys.executable, "-m", "tdmpc_ros.nodes.operator_console"],
-                      ros_env)
-        os.write(terminal, b"p")  # at once, while the console is still starting
-        output, deadline = b"", time.monotonic() + 60
+        console = _Terminal(ros_env, executor)
         try:
-            while b"sent pause" not in output:
-                assert time.monotonic() < deadline, f"no b'sent pause' in {output!r}"
-                executor.spin_once(timeout_sec=0.02)
-                ready, _, _ = select.select([terminal], [], [], 0.05)
-                if ready:
-                    output += os.read(terminal, 4096)
+            console.press(b"p")  # at once, while the console is still starting
+            console.read_until(b"sent pause", seconds=60)
             spin_until(executor, lambda: len(received) == 1, 10, "the pause command")
             assert received[0].command == OperatorCommand.PAUSE
         finally:
-            os.kill(process_id, 15)
-            os.waitpid(process_id, 0)
+            console.close()

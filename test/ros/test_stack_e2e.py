@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
-
-from rclpy.executors import SingleThreadedExecutor
 
 from tdmpc_ros import graph
 from tdmpc_ros.core.episodes import load_episodes
 from tdmpc_ros.launcher import Process, node_processes, parse_arguments, run
 from tdmpc_ros.tasks import get_task
 
-from rostest import ros_node
+from rostest import ros_node, spinning
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,19 +72,8 @@ def test_the_stack_runs_trials_records_every_step_once_and_swaps_weights(ros_env
         node.create_subscription(graph.topic("learner/weights").message_class(),
                                  "learner/weights", lambda m: weights.append(m.version),
                                  graph.topic("learner/weights").profile())
-        stop = threading.Event()
-
-        def spin(spinner: SingleThreadedExecutor = executor) -> None:
-            while not stop.is_set():
-                spinner.spin_once(timeout_sec=0.05)
-
-        observer = threading.Thread(target=spin, daemon=True)
-        observer.start()
-        try:
+        with spinning(executor):
             code = run(processes, environment=ros_env)
-        finally:
-            stop.set()
-            observer.join(timeout=5)
     assert code == 0
 
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -145,19 +131,8 @@ def test_a_pixel_model_runs_a_trial_from_the_camera(ros_env, tmp_path, monkeypat
     with ros_node("pixel_observer", ros_env) as (node, executor):
         node.create_subscription(graph.topic("planner/plan").message_class(), "planner/plan",
                                  plans.append, graph.topic("planner/plan").profile())
-        stop = threading.Event()
-
-        def spin(spinner: SingleThreadedExecutor = executor) -> None:
-            while not stop.is_set():
-                spinner.spin_once(timeout_sec=0.05)
-
-        observer = threading.Thread(target=spin, daemon=True)
-        observer.start()
-        try:
+        with spinning(executor):
             code = run(processes, environment=ros_env)
-        finally:
-            stop.set()
-            observer.join(timeout=5)
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["trials"] == 1 and summary["results"][0]["recorded_steps"] == 4, summary

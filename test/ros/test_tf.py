@@ -5,20 +5,18 @@ installed URDF; and config/tdmpc.rviz names only frames and topics that the stac
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import mujoco
 import numpy as np
 import pytest
 import yaml
-from rclpy.executors import SingleThreadedExecutor
 
 from tdmpc_ros import graph
 from tdmpc_ros.launcher import node_processes, parse_arguments, run
 from tdmpc_ros.sim import frames
 
-from rostest import ros_node
+from rostest import ros_node, spinning
 
 pytestmark = pytest.mark.ros
 REPO = Path(__file__).resolve().parents[2]
@@ -71,19 +69,8 @@ def test_an_independent_subscriber_rebuilds_the_tcp_from_tf(ros_env, tmp_path,
             topic = graph.topic(name)
             node.create_subscription(topic.message_class(), name, sink.append,
                                      topic.reader_profile())
-        stop = threading.Event()
-
-        def spin(spinner: SingleThreadedExecutor = executor) -> None:
-            while not stop.is_set():
-                spinner.spin_once(timeout_sec=0.05)
-
-        listener = threading.Thread(target=spin, daemon=True)
-        listener.start()
-        try:
+        with spinning(executor):
             assert run(processes, environment=ros_env) == 0
-        finally:
-            stop.set()
-            listener.join(timeout=5)
     assert all(isinstance(m, TFMessage) for m in tf_messages + static)
     assert all(isinstance(m, RobotState) for m in states)
     by_stamp = {}
