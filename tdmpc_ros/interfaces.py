@@ -186,6 +186,25 @@ def image_to_msg(pixels: np.ndarray, encoding: str = "rgb8", frame_id: str = "",
     return message
 
 
+def transforms_to_msg(frames: Sequence[tuple[str, str, Sequence[float], Sequence[float]]],
+                      stamp: Any) -> Any:
+    """A tf2_msgs/TFMessage of (parent, child, translation x y z, rotation x y z w) frames,
+    each stamped ``stamp``."""
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    message = TFMessage()
+    for parent, child, translation, rotation in frames:
+        transform = TransformStamped()
+        transform.header.stamp, transform.header.frame_id = stamp, parent
+        transform.child_frame_id = child
+        t, r = transform.transform.translation, transform.transform.rotation
+        t.x, t.y, t.z = (float(v) for v in translation)
+        r.x, r.y, r.z, r.w = (float(v) for v in rotation)
+        message.transforms.append(transform)
+    return message
+
+
 def check_image(message: Image, where: str = "Image", allow_empty: bool = False) -> None:
     """Raise MessageError unless the image's sizes, encoding and data length agree."""
     if allow_empty and message.height == 0 and message.width == 0 and len(message.data) == 0:

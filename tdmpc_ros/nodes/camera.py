@@ -29,7 +29,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo
 
 from tdmpc_ros.hardware.frames import CameraClock, CameraError, EndOfStream, Frame, Intrinsics
-from tdmpc_ros.interfaces import image_to_msg, publish_checked
+from tdmpc_ros.interfaces import image_to_msg, publish_checked, transforms_to_msg
 from tdmpc_ros.msg import WorldState
 from tdmpc_ros.nodes.common import (
     ERROR,
@@ -227,19 +227,11 @@ class Camera(Node):
     def sim_camera_frame(self) -> Any:
         """/tf_static: the simulated camera's optical frame on the arm's base, where the scene
         puts it (a real camera's mount is the lab's calibration, published by its own tools)."""
-        from geometry_msgs.msg import TransformStamped
-        from tf2_msgs.msg import TFMessage
-
         from tdmpc_ros.sim.frames import BASE_FRAME, camera_optical_transform
 
         translation, rotation = camera_optical_transform()
-        transform = TransformStamped()
-        transform.header.stamp = self.get_clock().now().to_msg()
-        transform.header.frame_id, transform.child_frame_id = BASE_FRAME, self.params.frame_id
-        t, r = transform.transform.translation, transform.transform.rotation
-        t.x, t.y, t.z = (float(v) for v in translation)
-        r.x, r.y, r.z, r.w = (float(v) for v in rotation)
-        return TFMessage(transforms=[transform])
+        return transforms_to_msg([(BASE_FRAME, self.params.frame_id, translation, rotation)],
+                                 self.get_clock().now().to_msg())
 
     def camera_info(self, header: Any, camera: Intrinsics | None = None) -> CameraInfo:
         info = CameraInfo(header=header, width=self.params.width, height=self.params.height)

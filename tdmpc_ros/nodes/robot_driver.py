@@ -29,7 +29,7 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from tdmpc_ros.hardware.xarm_backend import XArmConfig, XArmError
-from tdmpc_ros.interfaces import MessageError, check_action, publish_checked
+from tdmpc_ros.interfaces import MessageError, check_action, publish_checked, transforms_to_msg
 from tdmpc_ros.msg import ActionCommand, EpisodeEvent, RobotState, WorldState
 from tdmpc_ros.nodes.common import (
     ERROR,
@@ -410,9 +410,6 @@ class RobotDriver(Node):
         """/tf at the state's stamp: every link of the arm from its parent where the backend
         knows them (the simulator's kinematics), else the base to the measured TCP (a lab's
         robot_state_publisher with the xArm's URDF adds the links from the joint states)."""
-        from geometry_msgs.msg import TransformStamped
-        from tf2_msgs.msg import TFMessage
-
         link_transforms = getattr(self.backend, "link_transforms", None)
         if link_transforms is not None:
             frames = [(parent if parent != "link_base" else self.params.base_frame, child,
@@ -422,16 +419,7 @@ class RobotDriver(Node):
             position = state.ee_pose.position
             frames = [(self.params.base_frame, "link_tcp",
                        (position.x, position.y, position.z), (0.0, 0.0, 0.0, 1.0))]
-        message = TFMessage()
-        for parent, child, translation, rotation in frames:
-            transform = TransformStamped()
-            transform.header.stamp, transform.header.frame_id = state.header.stamp, parent
-            transform.child_frame_id = child
-            t, r = transform.transform.translation, transform.transform.rotation
-            t.x, t.y, t.z = (float(v) for v in translation)
-            r.x, r.y, r.z, r.w = (float(v) for v in rotation)
-            message.transforms.append(transform)
-        return message
+        return transforms_to_msg(frames, state.header.stamp)
 
     def _read(self) -> tuple[np.ndarray, float, np.ndarray]:
         """The backend's pose, gripper and joints; if reading fails, the robot stops and the
